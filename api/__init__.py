@@ -1,0 +1,1 @@
+"""Every way in: the command line now, HTTP next."""

@@ -1,0 +1,359 @@
+"""`carbon-ledger`: the command-line way in. Reads print tables, or JSON with --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from domain import commands as C
+from domain.errors import DomainError
+from ledger import demo as demo_story
+from ledger.application import Registry
+from ledger.projections import Progress as ProjectionProgress
+from ledger.store import DEFAULT_DB, ENV_DB
+
+# Piped output is not cut to 80 columns: tables stay whole in logs and CI.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
+
+
+def _open(args: argparse.Namespace) -> Registry:
+    return Registry(args.db)
+
+
+def _progress_bar(label: str) -> tuple[Progress, Callable[[ProjectionProgress], None]]:
+    bar = Progress(TextColumn(label), BarColumn(), TaskProgressColumn(),
+                   TextColumn("{task.completed:,}/{task.total:,} events"), TimeRemainingColumn(),
+                   console=err, transient=False, disable=not err.is_terminal)
+    task = bar.add_task(label, total=None)
+
+    def update(p: ProjectionProgress) -> None:
+        bar.update(task, total=p.total, completed=p.done)
+
+    return bar, update
+
+
+# Commands ---------------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    app = _open(args)
+    if app.log_position() > 0:
+        raise DomainError("already_exists", f"the registry at {app.url} is initialised already; "
+                          "init never overwrites a registry")
+    outcome = app.submit("initialise", args.operator, f"init-{args.operator}",
+                         {"origin": args.origin, "operator_id": args.operator, "name": args.name})
+    if args.json:
+        _print_json({"db": app.url, **outcome})
+    else:
+        out.print(f"initialised registry [bold]{args.origin}[/] at {app.url}; "
+                  f"operator [bold]{args.operator}[/]")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    app = _open(args)
+    projection = app.projection()
+    steps = list(demo_story.story())
+    if projection.genesis is not None:
+        if len(projection.participants) > 1 or projection.tickets:
+            raise DomainError("already_exists", f"the registry at {app.url} is not empty; the demo "
+                              "loads into a registry just made by init, or a new database")
+        steps = [s for s in steps if s[0] != "initialise"]
+    table = Table(title="demo story", show_lines=False)
+    for col in ("#", "command", "actor", "id", "result"):
+        table.add_column(col)
+    refusals = 0
+    started = time.perf_counter()
+    for i, (name, actor, command_id, cargs) in enumerate(steps, 1):
+        try:
+            outcome = app.submit(name, actor, command_id, cargs)
+            table.add_row(str(i), name, actor, command_id, _summary(outcome))
+        except DomainError as e:
+            expected = demo_story.EXPECTED_REFUSALS.get(command_id)
+            if expected != e.code:
+                raise
+            refusals += 1
+            table.add_row(str(i), name, actor, command_id, f"[red]refused {e.code}[/]: {e.message}")
+    elapsed = time.perf_counter() - started
+    projection = app.projection()
+    if args.json:
+        _print_json({"db": app.url, "commands": len(steps), "refused": refusals,
+                     "position": projection.position,
+                     "balances": {h: projection.balances(h) for h in DEMO_HOLDERS}})
+        return 0
+    out.print(table)
+    out.print(f"{len(steps)} commands ({refusals} refused as the story expects) in {elapsed:.2f} s; "
+              f"log position {projection.position}")
+    for holder in DEMO_HOLDERS:
+        _print_balances(projection.balances(holder))
+    _print_ticket(projection.ticket("SM-0000002"))
+    for p in projection.pledge_register():
+        out.print(f"pledge [bold]{p['pledge_id']}[/] {p['pledgor']} → {p['pledgee']}: {p['status']}, "
+                  f"{p['pledged_t']:,} t pledged, {p['impaired_t']:,} t impaired")
+    _print_compliance(projection.compliance_view("tonghai-nickel", "fujian_ets", "2021"))
+    return 0
+
+
+DEMO_HOLDERS = ("changkou-village", "jinsen-carbon", "tonghai-nickel")
+
+
+def _summary(outcome: dict[str, Any]) -> str:
+    keys = ("participant_id", "project_id", "ticket_no", "trade_id", "pledge_id", "policy_id",
+            "claim_id", "retirement_id", "entity", "holder", "quantity_t", "pledged_t", "covered_t",
+            "status", "payout")
+    parts = [f"{k}={outcome[k]}" for k in keys if k in outcome and outcome[k] not in ("", None)]
+    return ", ".join(parts) or "ok"
+
+
+def _as_of(args: argparse.Namespace, app: Registry):
+    return app.projection(as_of=args.as_of)
+
+
+def cmd_balances(args: argparse.Namespace) -> int:
+    view = _as_of(args, _open(args)).balances(args.holder)
+    if args.json:
+        _print_json(view)
+    else:
+        _print_balances(view)
+    return 0
+
+
+def _print_balances(view: dict[str, Any]) -> None:
+    t = view["totals"]
+    table = Table(title=f"{view['holder']} ({view['name']}) as of position {view['as_of']}"
+                  + (" — FROZEN" if view["frozen"] else ""))
+    for col in ("ticket", "standard", "available t", "pledged t", "retired t", "cancelled t"):
+        table.add_column(col, justify="right" if col.endswith(" t") else "left")
+    for row in view["tickets"]:
+        table.add_row(row["ticket_no"], row["standard"], f"{row['available_t']:,}",
+                      f"{row['pledged_t']:,}", f"{row['retired_t']:,}", f"{row['cancelled_t']:,}")
+    table.add_row("[bold]total[/]", "", f"{t['available_t']:,}", f"{t['pledged_t']:,}",
+                  f"{t['retired_t']:,}", f"{t['cancelled_t']:,}")
+    out.print(table)
+
+
+def cmd_ticket(args: argparse.Namespace) -> int:
+    view = _as_of(args, _open(args)).ticket(args.ticket_no)
+    if args.json:
+        _print_json(view)
+    else:
+        _print_ticket(view)
+    return 0
+
+
+def _print_ticket(view: dict[str, Any]) -> None:
+    out.print(f"ticket [bold]{view['ticket_no']}[/] {view['standard']} project {view['project_id']} "
+              f"{view['period_start']}..{view['period_end']}: issued {view['issued_t']:,} t = "
+              f"{view['available_t']:,} available + {view['pledged_t']:,} pledged + "
+              f"{view['retired_t']:,} retired + {view['cancelled_t']:,} cancelled")
+    table = Table()
+    for col in ("first serial", "last serial", "t", "holder", "state", "by"):
+        table.add_column(col, justify="right" if col == "t" else "left")
+    for b in view["blocks"]:
+        by = b.get("pledge_id") or b.get("retirement_id") or b.get("cancelled_by") or ""
+        table.add_row(b["first_serial"], b["last_serial"], f"{b['quantity_t']:,}", b["holder"],
+                      b["state"], by)
+    out.print(table)
+
+
+def cmd_pledges(args: argparse.Namespace) -> int:
+    app = _open(args)
+    projection = _as_of(args, app)
+    if args.bank:
+        projection._require_participant(args.bank)
+    view = projection.pledge_register(args.bank)
+    if args.json:
+        _print_json(view)
+        return 0
+    table = Table(title="pledge register" + (f" of {args.bank}" if args.bank else ""))
+    for col in ("pledge", "pledgor", "pledgee", "status", "pledged t", "impaired t", "released t",
+                "enforced t", "secured ¥", "maturity"):
+        table.add_column(col, justify="right" if col.endswith((" t", "¥")) else "left")
+    for p in view:
+        table.add_row(p["pledge_id"], p["pledgor"], p["pledgee"], p["status"], f"{p['pledged_t']:,}",
+                      f"{p['impaired_t']:,}", f"{p['released_t']:,}", f"{p['enforced_t']:,}",
+                      p["secured_amount"], p["maturity"])
+    out.print(table)
+    return 0
+
+
+def cmd_compliance(args: argparse.Namespace) -> int:
+    view = _as_of(args, _open(args)).compliance_view(args.entity, args.scheme, args.period)
+    if args.json:
+        _print_json(view)
+    else:
+        _print_compliance(view)
+    return 0
+
+
+def _print_compliance(view: dict[str, Any]) -> None:
+    if not view["emissions_recorded"]:
+        out.print(f"no verified emissions recorded for {view['entity']} in {view['scheme']} "
+                  f"{view['period']}")
+        return
+    table = Table(title=f"compliance {view['entity']} {view['scheme']} {view['period']}: verified "
+                  f"emissions {view['verified_emissions_t']:,} t")
+    for col in ("offsets", "limit", "limit t", "used t", "remaining t"):
+        table.add_column(col, justify="left" if col == "offsets" else "right")
+    for std, s in view["standards"].items():
+        table.add_row(std, f"{s['limit_bp'] / 100:g}%", f"{s['limit_t']:,}", f"{s['used_t']:,}",
+                      f"{s['remaining_t']:,}")
+    table.add_row("[bold]all[/]", f"{view['limit_bp'] / 100:g}%", f"{view['limit_t']:,}",
+                  f"{view['used_t']:,}", f"{view['remaining_t']:,}")
+    out.print(table)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    app = _open(args)
+    projection = _as_of(args, app)
+    view = projection.history(ticket=args.ticket, holder=args.holder)
+    if args.json:
+        _print_json(view)
+        return 0
+    table = Table(title=f"history of {args.ticket or args.holder}")
+    for col in ("pos", "time", "event", "actor", "t", "details"):
+        table.add_column(col, justify="right" if col in ("pos", "t") else "left")
+    for e in view:
+        details = {k: v for k, v in e.items() if k not in (
+            "position", "time", "event", "actor", "command_id", "quantity_t", "serials")}
+        table.add_row(str(e["position"]), e["time"][:19], e["event"], e["actor"],
+                      f"{e.get('quantity_t', ''):,}" if "quantity_t" in e else "",
+                      ", ".join(f"{k}={v}" for k, v in details.items()))
+    out.print(table)
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    app = _open(args)
+    bar, update = _progress_bar("rebuilding projections")
+    started = time.perf_counter()
+    with bar:
+        projection = app.rebuild(progress=update)
+    elapsed = time.perf_counter() - started
+    rate = projection.events_applied / elapsed if elapsed > 0 else 0.0
+    report = {"events": projection.position, "applied": projection.events_applied,
+              "seconds": round(elapsed, 3), "events_per_s": int(rate),
+              "tickets": len(projection.tickets), "participants": len(projection.participants),
+              "pledges": len(projection.pledges)}
+    if args.json:
+        _print_json(report)
+    else:
+        out.print(f"rebuilt projections from {report['events']:,} events in {elapsed:.2f} s "
+                  f"({report['events_per_s']:,} events/s): {report['tickets']:,} tickets, "
+                  f"{report['participants']:,} participants, {report['pledges']:,} pledges")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Execute one command given as JSON: {"command", "actor", "command_id", "args"}."""
+    raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    try:
+        data = json.loads(raw, parse_float=_refuse_float)
+    except json.JSONDecodeError as e:
+        raise DomainError("invalid_argument", f"the command is not valid JSON: {e}") from None
+    outcome = _open(args).execute(C.parse(data))
+    _print_json(outcome)
+    return 0
+
+
+def _refuse_float(text: str) -> Any:
+    raise DomainError("invalid_argument", f"{text} is a fractional number; tonnes are integers and "
+                      "money is a decimal string like \"15.00\"")
+
+
+# Parsing -------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS,
+                        help=f"database URL (default: ${ENV_DB} or {DEFAULT_DB})")
+    reads = argparse.ArgumentParser(add_help=False)
+    reads.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    as_of = argparse.ArgumentParser(add_help=False)
+    as_of.add_argument("--as-of", type=int, default=None, metavar="N",
+                       help="answer as of log position N")
+
+    parser = argparse.ArgumentParser(
+        prog="carbon-ledger", parents=[common],
+        description="An event-sourced, verifiable registry of forestry carbon tickets (林业碳票).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", parents=[common, reads], help="create an empty registry")
+    p.add_argument("--origin", default="carbon-ledger.local/registry", help="the log's identity")
+    p.add_argument("--operator", default="registry", help="the operator's participant id")
+    p.add_argument("--name", default="Registry operator", help="the operator's name")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("demo", parents=[common, reads], help="load the Sanming demo story")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("balances", parents=[common, reads, as_of], help="a holder's balances")
+    p.add_argument("holder")
+    p.set_defaults(func=cmd_balances)
+
+    p = sub.add_parser("ticket", parents=[common, reads, as_of], help="a ticket's supply and blocks")
+    p.add_argument("ticket_no")
+    p.set_defaults(func=cmd_ticket)
+
+    p = sub.add_parser("pledges", parents=[common, reads, as_of], help="the pledge register")
+    p.add_argument("--bank", default=None, help="only pledges to this bank")
+    p.set_defaults(func=cmd_pledges)
+
+    p = sub.add_parser("compliance", parents=[common, reads, as_of],
+                       help="offset usage and headroom of an entity")
+    p.add_argument("entity")
+    p.add_argument("scheme")
+    p.add_argument("period")
+    p.set_defaults(func=cmd_compliance)
+
+    p = sub.add_parser("history", parents=[common, reads, as_of], help="events of a ticket or holder")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ticket")
+    g.add_argument("--holder")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("rebuild", parents=[common, reads], help="replay every projection from zero")
+    p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("submit", parents=[common],
+                       help="execute a command given as JSON (file or - for stdin)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_submit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "db"):
+        args.db = None
+    args.json = getattr(args, "json", False)
+    try:
+        return args.func(args)
+    except DomainError as e:
+        if args.json:
+            _print_json({"error": e.to_dict()})
+        err.print(f"[red]error[/] {e.code}: {e.message}")
+        return EXIT_REFUSED
+    except ValueError as e:  # bad database URLs and the like
+        err.print(f"[red]error[/] invalid_argument: {e}")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Participants and their accounts: role, freezes, trading mandates."""
+
+from __future__ import annotations
+
+from domain.base import LedgerAggregate, aggregate_id
+from domain.errors import DomainError
+from domain.values import Role
+
+
+class Participant(LedgerAggregate):
+    @staticmethod
+    def id_for(participant_id: str):
+        return aggregate_id("participant", participant_id)
+
+    class Registered(LedgerAggregate.Created):
+        participant_id: str
+        name: str
+        role: str
+
+    def __init__(self, participant_id: str, name: str, role: str) -> None:
+        self.participant_id = participant_id
+        self.name = name
+        self.role = role
+        self.freezes: dict[str, str] = {}  # who froze -> reason
+        self.mandates: set[str] = set()  # exchanges allowed to move this holder's units
+
+    @classmethod
+    def register(cls, participant_id: str, name: str, role: str, actor: str, command_id: str) -> Participant:
+        return cls._create(
+            cls.Registered, id=cls.id_for(participant_id), participant_id=participant_id,
+            name=name, role=role, actor=actor, command_id=command_id,
+        )
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.freezes)
+
+    def require_role(self, *roles: str, doing: str) -> None:
+        if self.role not in roles:
+            allowed = " or ".join(roles)
+            raise DomainError(
+                "not_authorized",
+                f"{self.participant_id} is a {self.role}; only a {allowed} may {doing}",
+                actor=self.participant_id, role=self.role,
+            )
+
+    def require_not_frozen(self, doing: str) -> None:
+        if self.freezes:
+            by = ", ".join(sorted(self.freezes))
+            raise DomainError(
+                "account_frozen",
+                f"account {self.participant_id} is frozen (by {by}); it may not {doing}",
+                holder=self.participant_id, frozen_by=sorted(self.freezes),
+            )
+
+    def require_mandate(self, exchange: str) -> None:
+        if exchange not in self.mandates:
+            raise DomainError(
+                "no_mandate",
+                f"{self.participant_id} has not granted {exchange} a trading mandate",
+                holder=self.participant_id, exchange=exchange,
+            )
+
+    # Freezes -------------------------------------------------------------------------------
+
+    class Frozen(LedgerAggregate.Event):
+        by: str
+        reason: str
+
+        def apply(self, agg: Participant) -> None:
+            agg.freezes[self.by] = self.reason
+
+    class Unfrozen(LedgerAggregate.Event):
+        by: str
+
+        def apply(self, agg: Participant) -> None:
+            agg.freezes.pop(self.by, None)
+
+    def freeze(self, by: str, reason: str, actor: str, command_id: str) -> None:
+        if by in self.freezes:
+            raise DomainError(
+                "already_exists", f"{by} has already frozen account {self.participant_id}",
+                holder=self.participant_id,
+            )
+        self._emit(self.Frozen, actor, command_id, by=by, reason=reason)
+
+    def unfreeze(self, by: str, actor: str, command_id: str) -> None:
+        if by not in self.freezes:
+            holders = ", ".join(sorted(self.freezes)) or "nobody"
+            raise DomainError(
+                "not_authorized",
+                f"{by} has no freeze on account {self.participant_id} to lift (frozen by {holders})",
+                holder=self.participant_id,
+            )
+        self._emit(self.Unfrozen, actor, command_id, by=by)
+
+    # Mandates ------------------------------------------------------------------------------
+
+    class MandateGranted(LedgerAggregate.Event):
+        exchange: str
+
+        def apply(self, agg: Participant) -> None:
+            agg.mandates.add(self.exchange)
+
+    class MandateRevoked(LedgerAggregate.Event):
+        exchange: str
+
+        def apply(self, agg: Participant) -> None:
+            agg.mandates.discard(self.exchange)
+
+    def grant_mandate(self, exchange: str, actor: str, command_id: str) -> None:
+        if exchange in self.mandates:
+            raise DomainError(
+                "already_exists", f"{self.participant_id} already mandates {exchange}",
+                holder=self.participant_id, exchange=exchange,
+            )
+        self._emit(self.MandateGranted, actor, command_id, exchange=exchange)
+
+    def revoke_mandate(self, exchange: str, actor: str, command_id: str) -> None:
+        self.require_mandate(exchange)
+        self._emit(self.MandateRevoked, actor, command_id, exchange=exchange)
+
+
+OPERATOR_ID = "registry"
+ROLES = tuple(r.value for r in Role)

@@ -1,0 +1,246 @@
+"""Value types and their parsing: ids, serials, tonnes, money in fen, dates, enumerations.
+
+Everything that enters the ledger passes through these parsers, so the ledger holds only
+str, int and bool values (no floats anywhere) in canonical form.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from domain.errors import invalid
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"
+    ISSUER = "issuer"
+    REGULATOR = "regulator"
+    EXCHANGE = "exchange"
+    BANK = "bank"
+    INSURER = "insurer"
+    COURT = "court"
+    HOLDER = "holder"
+
+
+class Standard(StrEnum):
+    SMCER = "SMCER"
+    FFCER = "FFCER"
+    CCER = "CCER"
+
+
+class TradeMode(StrEnum):
+    NEGOTIATED = "negotiated"
+    AUCTION = "auction"
+    LISTING = "listing"
+
+
+class Purpose(StrEnum):
+    VOLUNTARY = "voluntary"
+    COMPLIANCE = "compliance"
+    EVENT_NEUTRALITY = "event_neutrality"
+    JUDICIAL_RESTORATION = "judicial_restoration"
+    TREE_PLANTING_DUTY = "tree_planting_duty"
+    CARBON_INCLUSIVE = "carbon_inclusive"
+
+
+class Peril(StrEnum):
+    FIRE = "fire"
+    PEST = "pest"
+    TYPHOON = "typhoon"
+    FREEZE = "freeze"
+    LANDSLIDE = "landslide"
+    PRICE_INDEX = "price_index"
+
+
+PHYSICAL_PERILS = frozenset(p for p in Peril if p is not Peril.PRICE_INDEX)
+
+
+class UnitState(StrEnum):
+    AVAILABLE = "available"
+    PLEDGED = "pledged"
+    RETIRED = "retired"
+    CANCELLED = "cancelled"
+
+
+# Roles whose participants may hold units (receive transfers, issuances or enforced pledges).
+HOLDING_ROLES = frozenset({Role.HOLDER, Role.BANK})
+
+MAX_ID_LEN = 64
+MAX_TEXT_LEN = 2000
+MAX_QUANTITY_T = 10**12  # a sanity bound far above any forest; keeps arithmetic small
+MAX_FEN = 10**17
+
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_TICKET_NO = re.compile(r"^[A-Z][A-Z0-9]*-[0-9]{7}$")
+_SERIAL = re.compile(r"^(?P<ticket>[A-Z][A-Z0-9]*-[0-9]{7})-(?P<n>[0-9]{7,12})$")
+_YUAN = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,2})?$")
+
+
+def _require_str(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise invalid(f"{field} must be a string, got {type(value).__name__}", field=field)
+    return value
+
+
+def slug(value: Any, field: str = "id") -> str:
+    """A participant id: lower-case ASCII letters, digits and inner hyphens, at most 64."""
+    s = _require_str(value, field)
+    if not _SLUG.match(s):
+        raise invalid(
+            f"{field} {s!r} is not a slug (a-z, 0-9 and inner '-', 1 to 64 characters)",
+            field=field,
+        )
+    return s
+
+
+def ref(value: Any, field: str) -> str:
+    """An external reference (trade id, pledge id, command id, case number in ASCII ...)."""
+    s = _require_str(value, field)
+    if not _REF.match(s):
+        raise invalid(
+            f"{field} {s!r} must be 1 to 128 ASCII letters, digits or ._:/- starting with a letter or digit",
+            field=field,
+        )
+    return s
+
+
+def text(value: Any, field: str, *, required: bool = True, max_len: int = MAX_TEXT_LEN) -> str:
+    """Free UTF-8 text such as a name or a reason; Chinese is welcome, control characters are not."""
+    if value is None and not required:
+        return ""
+    s = _require_str(value, field)
+    if required and not s.strip():
+        raise invalid(f"{field} must not be empty", field=field)
+    if len(s) > max_len:
+        raise invalid(f"{field} is {len(s)} characters long, at most {max_len} allowed", field=field)
+    if any(ord(ch) < 32 and ch not in "\n\t" for ch in s):
+        raise invalid(f"{field} contains control characters", field=field)
+    return s
+
+
+def ticket_no(value: Any, field: str = "ticket_no") -> str:
+    s = _require_str(value, field)
+    if not _TICKET_NO.match(s):
+        raise invalid(
+            f"{field} {s!r} is not a ticket number like 'SM-0000001' (upper-case prefix, '-', 7 digits)",
+            field=field,
+        )
+    return s
+
+
+def format_serial(ticket: str, n: int) -> str:
+    return f"{ticket}-{n:07d}"
+
+
+def parse_serial(value: Any, field: str = "serial") -> tuple[str, int]:
+    """'SM-0000001-0002723' -> ('SM-0000001', 2723)."""
+    s = _require_str(value, field)
+    m = _SERIAL.match(s)
+    if not m or int(m.group("n")) < 1:
+        raise invalid(f"{field} {s!r} is not a serial like 'SM-0000001-0000001'", field=field)
+    return m.group("ticket"), int(m.group("n"))
+
+
+def tonnes(value: Any, field: str = "quantity_t", *, minimum: int = 1) -> int:
+    """Whole tonnes: an int (never a bool or float), at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(
+            f"{field} must be a whole number of tonnes, got {value!r}", field=field
+        )
+    if value < minimum:
+        raise invalid(f"{field} must be at least {minimum}, got {value}", field=field)
+    if value > MAX_QUANTITY_T:
+        raise invalid(f"{field} {value} is above the limit of {MAX_QUANTITY_T}", field=field)
+    return value
+
+
+def fen(value: Any, field: str, *, minimum: int = 0) -> int:
+    """Money: a decimal string in yuan with at most 2 decimals ("15.00"), or an int of fen."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise invalid(f"{field} must be a decimal string like '15.00', not {value!r}", field=field)
+    if isinstance(value, int):
+        amount = value
+    elif isinstance(value, str):
+        if not _YUAN.match(value):
+            raise invalid(
+                f"{field} {value!r} is not an amount in yuan with at most 2 decimals, like '15.00'",
+                field=field,
+            )
+        try:
+            amount = int(Decimal(value) * 100)
+        except InvalidOperation:  # pragma: no cover - the regex already guards this
+            raise invalid(f"{field} {value!r} is not a number", field=field) from None
+    else:
+        raise invalid(f"{field} must be a decimal string like '15.00', got {value!r}", field=field)
+    if amount < minimum:
+        raise invalid(f"{field} must be at least {yuan(minimum)}, got {yuan(amount)}", field=field)
+    if amount > MAX_FEN:
+        raise invalid(f"{field} is above the limit", field=field)
+    return amount
+
+
+def yuan(amount_fen: int) -> str:
+    """Fen as an exact decimal string in yuan: 1500 -> '15.00'."""
+    sign = "-" if amount_fen < 0 else ""
+    whole, cents = divmod(abs(amount_fen), 100)
+    return f"{sign}{whole}.{cents:02d}"
+
+
+def area_mu(value: Any, field: str = "area_mu") -> str:
+    """An area in mu as an exact decimal string (ints accepted), at most 2 decimals."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise invalid(f"{field} must be an integer or decimal string, not {value!r}", field=field)
+    if isinstance(value, int):
+        value = str(value)
+    s = _require_str(value, field)
+    if not _YUAN.match(s) or Decimal(s) <= 0:
+        raise invalid(f"{field} {s!r} must be a positive number with at most 2 decimals", field=field)
+    return s
+
+
+def iso_date(value: Any, field: str) -> str:
+    s = _require_str(value, field)
+    try:
+        parsed = date.fromisoformat(s)
+    except ValueError:
+        raise invalid(f"{field} {s!r} is not a date like '2021-05-18'", field=field) from None
+    if parsed.isoformat() != s:
+        raise invalid(f"{field} {s!r} must be written as YYYY-MM-DD", field=field)
+    return s
+
+
+def period(start: Any, end: Any, field: str) -> tuple[str, str]:
+    a = iso_date(start, f"{field}_start")
+    b = iso_date(end, f"{field}_end")
+    if b < a:
+        raise invalid(f"{field} ends ({b}) before it starts ({a})", field=field)
+    return a, b
+
+
+def choice(enum: type[StrEnum], value: Any, field: str) -> str:
+    s = _require_str(value, field)
+    try:
+        return str(enum(s))
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise invalid(f"{field} {s!r} is not one of: {allowed}", field=field) from None
+
+
+def compliance_period(value: Any, field: str = "period") -> str:
+    """A compliance period label such as '2021' or '2021-2022'."""
+    s = _require_str(value, field)
+    if not re.match(r"^[0-9]{4}(-[0-9]{4})?$", s):
+        raise invalid(f"{field} {s!r} must be a year like '2021' or a span like '2021-2022'", field=field)
+    return s
+
+
+def scheme(value: Any, field: str = "scheme") -> str:
+    s = _require_str(value, field)
+    if not re.match(r"^[a-z][a-z0-9_]{1,31}$", s):
+        raise invalid(f"{field} {s!r} must be a lower-case name like 'fujian_ets'", field=field)
+    return s

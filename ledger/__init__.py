@@ -1,0 +1,1 @@
+"""The registry as an event-sourced application: commands, storage, projections."""

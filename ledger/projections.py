@@ -1,0 +1,353 @@
+"""Read models rebuilt from the notification log: balances, supply, pledges, policies, compliance,
+history — as of now or as of any earlier log position.
+
+A projection replays the log into in-memory aggregates (the same classes, the same `apply`
+methods as the write side, so the two cannot drift apart) and keeps small indexes beside them.
+Command records and trade records are not replayed here: they are looked up by id in the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from domain import blocks as B
+from domain.base import LedgerAggregate
+from domain.command import CommandRecord
+from domain.compliance import ComplianceAccount, SchemeLimits, cap_t, limits_for
+from domain.errors import DomainError
+from domain.genesis import Genesis
+from domain.insurance import Claim, Policy
+from domain.participant import Participant
+from domain.pledge import Pledge
+from domain.project import Project
+from domain.retirement import Retirement
+from domain.ticket import Ticket
+from domain.trade import Trade
+from domain.values import UnitState, format_serial, yuan
+
+if TYPE_CHECKING:
+    from ledger.application import Registry
+
+PAGE = 1000
+STATES = [s.value for s in UnitState]
+_SKIPPED_PREFIXES = tuple(
+    f"{cls.__module__}:{cls.__qualname__}." for cls in (CommandRecord, Trade)
+)
+
+# Events that name holders other than the one obvious from the aggregate, for holder histories.
+_HOLDER_FIELDS = ("seller", "buyer", "pledgor", "to", "holder", "owner", "insured", "entity")
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    elapsed_s: float
+
+
+class Projection:
+    """Every read model at one log position. `catch_up()` applies what was recorded since."""
+
+    def __init__(self, app: Registry) -> None:
+        self.app = app
+        self.position = 0
+        self.events_applied = 0
+        self.aggregates: dict[UUID, LedgerAggregate] = {}
+        self.tickets: dict[str, Ticket] = {}
+        self.participants: dict[str, Participant] = {}
+        self.projects: dict[str, Project] = {}
+        self.pledges: dict[str, Pledge] = {}
+        self.policies: dict[str, Policy] = {}
+        self.claims: dict[str, Claim] = {}
+        self.retirements: dict[str, Retirement] = {}
+        self.compliance: dict[tuple[str, str, str], ComplianceAccount] = {}
+        self.limits: dict[tuple[str, str], SchemeLimits] = {}
+        self.genesis: Genesis | None = None
+        self.holder_tickets: dict[str, set[str]] = {}
+        self.ticket_history: dict[str, list[int]] = {}
+        self.holder_history: dict[str, list[int]] = {}
+
+    # Catching up ---------------------------------------------------------------------------
+
+    def catch_up(self, upto: int | None = None,
+                 progress: Callable[[Progress], None] | None = None) -> int:
+        """Apply notifications after `position` up to `upto` (inclusive; None = the end)."""
+        recorder = self.app.recorder
+        end = recorder.max_notification_id() or 0
+        if upto is not None:
+            end = min(end, upto)
+        start_t = time.perf_counter()
+        applied = 0
+        total = max(end - self.position, 0)
+        while self.position < end:
+            batch = recorder.select_notifications(self.position + 1, PAGE, stop=end)
+            if not batch:
+                break
+            for n in batch:
+                self._apply(n)
+                self.position = n.id
+                applied += 1
+            if progress:
+                progress(Progress(applied, total, time.perf_counter() - start_t))
+        self.events_applied += applied
+        return applied
+
+    def _apply(self, notification: Any) -> None:
+        topic = notification.topic
+        if topic.startswith(_SKIPPED_PREFIXES):
+            return
+        event = self.app.mapper.to_domain_event(notification)
+        agg = self.aggregates.get(event.originator_id)
+        agg = event.mutate(agg)
+        self.aggregates[event.originator_id] = agg
+        pos = notification.id
+        if isinstance(agg, Ticket):
+            if event.originator_version == 1:
+                self.tickets[agg.ticket_no] = agg
+            self.ticket_history.setdefault(agg.ticket_no, []).append(pos)
+            for f in _HOLDER_FIELDS:
+                holder = getattr(event, f, None)
+                if holder:
+                    self.holder_tickets.setdefault(holder, set()).add(agg.ticket_no)
+                    hist = self.holder_history.setdefault(holder, [])
+                    if not hist or hist[-1] != pos:
+                        hist.append(pos)
+        else:
+            if event.originator_version == 1:
+                self._index(agg)
+            if isinstance(agg, Participant):  # registration, freezes, mandates
+                self.holder_history.setdefault(agg.participant_id, []).append(pos)
+
+    def _index(self, agg: LedgerAggregate) -> None:
+        if isinstance(agg, Participant):
+            self.participants[agg.participant_id] = agg
+        elif isinstance(agg, Project):
+            self.projects[agg.project_id] = agg
+        elif isinstance(agg, Pledge):
+            self.pledges[agg.pledge_id] = agg
+        elif isinstance(agg, Policy):
+            self.policies[agg.policy_id] = agg
+        elif isinstance(agg, Claim):
+            self.claims[agg.claim_id] = agg
+        elif isinstance(agg, Retirement):
+            self.retirements[agg.retirement_id] = agg
+        elif isinstance(agg, ComplianceAccount):
+            self.compliance[(agg.entity, agg.scheme, agg.period)] = agg
+        elif isinstance(agg, SchemeLimits):
+            self.limits[(agg.scheme, agg.period)] = agg
+        elif isinstance(agg, Genesis):
+            self.genesis = agg
+
+    # Views -------------------------------------------------------------------------------------
+
+    def _require_participant(self, participant_id: str) -> Participant:
+        p = self.participants.get(participant_id)
+        if p is None:
+            raise DomainError("unknown_participant", f"no participant {participant_id} is registered"
+                              f" (as of position {self.position})", participant_id=participant_id)
+        return p
+
+    def _require_ticket(self, ticket_no: str) -> Ticket:
+        t = self.tickets.get(ticket_no)
+        if t is None:
+            raise DomainError("unknown_ticket", f"no ticket {ticket_no} has been issued"
+                              f" (as of position {self.position})", ticket_no=ticket_no)
+        return t
+
+    @staticmethod
+    def _totals(counts: dict[str, int]) -> dict[str, int]:
+        return {f"{s}_t": counts.get(s, 0) for s in STATES}
+
+    @staticmethod
+    def _block(ticket_no: str, blk: B.Block, with_holder: bool) -> dict[str, Any]:
+        first, last, holder, state, ref = blk
+        out: dict[str, Any] = {"first_serial": format_serial(ticket_no, first),
+                               "last_serial": format_serial(ticket_no, last),
+                               "quantity_t": last - first + 1}
+        if with_holder:
+            out["holder"] = holder
+        out["state"] = state
+        if state == "pledged":
+            out["pledge_id"] = ref
+        elif state == "retired":
+            out["retirement_id"] = ref
+        elif state == "cancelled":
+            out["cancelled_by"] = ref
+        return out
+
+    def balances(self, holder: str) -> dict[str, Any]:
+        participant = self._require_participant(holder)
+        totals = dict.fromkeys(STATES, 0)
+        tickets = []
+        for ticket_no in sorted(self.holder_tickets.get(holder, ())):
+            ticket = self.tickets[ticket_no]
+            mine = [b for b in ticket.blocks if b[2] == holder]
+            if not mine:
+                continue
+            counts = dict.fromkeys(STATES, 0)
+            for first, last, _h, state, _r in mine:
+                counts[state] += last - first + 1
+            for s in STATES:
+                totals[s] += counts[s]
+            tickets.append({"ticket_no": ticket_no, "standard": ticket.standard,
+                            **self._totals(counts),
+                            "blocks": [self._block(ticket_no, b, False) for b in mine]})
+        return {"holder": holder, "name": participant.name, "as_of": self.position,
+                "frozen": participant.frozen, "totals": self._totals(totals), "tickets": tickets}
+
+    def ticket(self, ticket_no: str) -> dict[str, Any]:
+        t = self._require_ticket(ticket_no)
+        return {"ticket_no": ticket_no, "standard": t.standard, "project_id": t.project_id,
+                "issuer": t.issuer, "owner": t.owner, "period_start": t.period_start,
+                "period_end": t.period_end, "issued_t": t.quantity_t, **self._totals(t.totals()),
+                "as_of": self.position,
+                "blocks": [self._block(ticket_no, b, True) for b in t.blocks]}
+
+    def supply(self) -> list[dict[str, Any]]:
+        return [{"ticket_no": no, "standard": t.standard, "issued_t": t.quantity_t,
+                 **self._totals(t.totals())} for no, t in sorted(self.tickets.items())]
+
+    def pledge(self, pledge_id: str) -> dict[str, Any]:
+        p = self.pledges.get(pledge_id)
+        if p is None:
+            raise DomainError("unknown_pledge", f"no pledge {pledge_id} exists", pledge_id=pledge_id)
+        return self._pledge_view(p)
+
+    def _pledge_view(self, p: Pledge) -> dict[str, Any]:
+        return {"pledge_id": p.pledge_id, "pledgor": p.pledgor, "pledgee": p.pledgee,
+                "status": p.status, "pledged_t": p.pledged_t, "impaired_t": p.impaired_t,
+                "released_t": p.released_t, "enforced_t": p.enforced_t, "original_t": p.original_t,
+                "enforced_to": p.enforced_to, "loan_ref": p.loan_ref,
+                "secured_amount": yuan(p.secured_fen), "maturity": p.maturity,
+                "impairments": list(p.impairments),
+                "lines": [{"ticket_no": t, "pledged_t": B.size(rs),
+                           "serials": [{"first_serial": format_serial(t, a),
+                                        "last_serial": format_serial(t, b)} for a, b in rs]}
+                          for t, rs in sorted(p.held.items())]}
+
+    def pledge_register(self, bank: str | None = None) -> list[dict[str, Any]]:
+        return [self._pledge_view(p) for _, p in sorted(self.pledges.items())
+                if bank is None or p.pledgee == bank]
+
+    def policy(self, policy_id: str) -> dict[str, Any]:
+        p = self.policies.get(policy_id)
+        if p is None:
+            raise DomainError("unknown_policy", f"no policy {policy_id} exists", policy_id=policy_id)
+        return {"policy_id": p.policy_id, "insurer": p.insurer, "insured": p.insured,
+                "loss_payee": p.loss_payee, "covered_t": p.covered_t, "lost_t": p.lost_t,
+                "still_covered_t": p.still_covered_t, "sum_insured": yuan(p.sum_insured_fen),
+                "paid": yuan(p.paid_fen), "remaining_sum_insured": yuan(p.remaining_fen),
+                "premium": yuan(p.premium_fen), "start": p.start, "end": p.end,
+                "perils": p.perils, "claims": [self.claim(c) for c in p.claims]
+                + [self.claim(c.claim_id) for c in self.claims.values()
+                   if c.policy_id == p.policy_id and c.claim_id not in p.claims]}
+
+    def claim(self, claim_id: str) -> dict[str, Any]:
+        c = self.claims.get(claim_id)
+        if c is None:
+            raise DomainError("unknown_claim", f"no claim {claim_id} exists", claim_id=claim_id)
+        return {"claim_id": c.claim_id, "policy_id": c.policy_id, "claimant": c.claimant,
+                "peril": c.peril, "loss_date": c.loss_date, "claimed_t": c.claimed_t,
+                "status": c.status, "approved_t": c.approved_t, "payout": yuan(c.payout_fen),
+                "payees": [{"party": p, "amount": yuan(a), "basis": b} for p, a, b in c.payees],
+                "cancelled": [{"ticket_no": t, "pledge_id": pid, "quantity_t": B.size(rs)}
+                              for t, pid, rs in c.cancelled],
+                "reason": c.reason}
+
+    def policies_view(self) -> list[dict[str, Any]]:
+        return [self.policy(pid) for pid in sorted(self.policies)]
+
+    def retirement(self, retirement_id: str) -> dict[str, Any]:
+        r = self.retirements.get(retirement_id)
+        if r is None:
+            raise DomainError("unknown_retirement", f"no retirement {retirement_id} exists",
+                              retirement_id=retirement_id)
+        out = {"retirement_id": r.retirement_id, "holder": r.holder, "purpose": r.purpose,
+               "beneficiary": r.beneficiary, "details": r.details, "quantity_t": r.quantity_t,
+               "lines": [{"ticket_no": t, "standard": s, "quantity_t": B.size(rs),
+                          "serials": [{"first_serial": format_serial(t, a),
+                                       "last_serial": format_serial(t, b)} for a, b in rs]}
+                         for t, s, rs in r.lines]}
+        if r.case_no:
+            out.update(case_no=r.case_no, court=r.court)
+        if r.scheme:
+            out.update(entity=r.entity, scheme=r.scheme, period=r.period)
+        return out
+
+    def retirements_view(self) -> list[dict[str, Any]]:
+        return [self.retirement(rid) for rid in sorted(self.retirements)]
+
+    def compliance_view(self, entity: str, scheme: str, period: str) -> dict[str, Any]:
+        account = self.compliance.get((entity, scheme, period))
+        limits = limits_for(scheme, self.limits.get((scheme, period)))
+        standards_bp, total_bp = limits if limits else ({}, 0)
+        emissions = account.verified_emissions_t if account else None
+        used = dict(account.used_t) if account else {}
+        per_standard = {}
+        for standard, bp in sorted(standards_bp.items()):
+            cap = cap_t(emissions or 0, bp)
+            u = used.get(standard, 0)
+            per_standard[standard] = {"limit_bp": bp, "limit_t": cap, "used_t": u,
+                                      "remaining_t": max(cap - u, 0)}
+        total_cap = cap_t(emissions or 0, total_bp)
+        total_used = sum(used.values())
+        # What can still be used overall is bounded by both the total and each standard's cap.
+        return {"entity": entity, "scheme": scheme, "period": period,
+                "verified_emissions_t": emissions, "emissions_recorded": account is not None,
+                "limit_bp": total_bp, "limit_t": total_cap, "used_t": total_used,
+                "remaining_t": max(total_cap - total_used, 0), "standards": per_standard,
+                "retirements": list(account.retirements) if account else [], "as_of": self.position}
+
+    def participant(self, participant_id: str) -> dict[str, Any]:
+        p = self._require_participant(participant_id)
+        return {"participant_id": p.participant_id, "name": p.name, "role": p.role,
+                "frozen": p.frozen, "frozen_by": sorted(p.freezes), "mandates": sorted(p.mandates)}
+
+    def history_positions(self, *, ticket: str | None = None, holder: str | None = None) -> list[int]:
+        if ticket is not None:
+            self._require_ticket(ticket)
+            return list(self.ticket_history.get(ticket, []))
+        if holder is not None:
+            self._require_participant(holder)
+            return list(self.holder_history.get(holder, []))
+        raise ValueError("history needs a ticket or a holder")
+
+    def history(self, *, ticket: str | None = None, holder: str | None = None) -> list[dict[str, Any]]:
+        return [self.describe(n) for n in self._notifications(
+            self.history_positions(ticket=ticket, holder=holder))]
+
+    def _notifications(self, positions: list[int]) -> Iterator[Any]:
+        for pos in positions:
+            found = self.app.recorder.select_notifications(pos, 1, stop=pos)
+            if found:
+                yield found[0]
+
+
+    def describe(self, notification: Any) -> dict[str, Any]:
+        """One recorded event as a plain dict: position, time, type, actor, command id, fields."""
+        event = self.app.mapper.to_domain_event(notification)
+        return describe_event(event, notification.id,
+                              getattr(self.aggregates.get(event.originator_id), "ticket_no", None))
+
+
+def describe_event(event: Any, position: int, ticket_no: str | None) -> dict[str, Any]:
+    fields = {k: v for k, v in vars(event).items()
+              if k not in ("originator_id", "originator_version", "timestamp", "originator_topic",
+                           "actor", "command_id")}
+    ranges = fields.pop("ranges", None)
+    out: dict[str, Any] = {"position": position, "time": event.timestamp.isoformat(),
+                           "event": type(event).__qualname__, "actor": event.actor,
+                           "command_id": event.command_id}
+    if ticket_no:
+        out["ticket_no"] = ticket_no
+    out.update(fields)
+    if ranges is not None:
+        out["quantity_t"] = B.size(ranges)
+        if ticket_no:
+            out["serials"] = [{"first_serial": format_serial(ticket_no, a),
+                               "last_serial": format_serial(ticket_no, b)} for a, b in ranges]
+    return out

@@ -1,0 +1,36 @@
+"""A msgpack transcoder for stored events: compact, fast, and strict (no floats)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import msgpack
+from eventsourcing.persistence import Transcoder
+
+_UUID = 1
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, UUID):
+        return msgpack.ExtType(_UUID, obj.bytes)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in the ledger")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _UUID:
+        return UUID(bytes=data)
+    return msgpack.ExtType(code, data)
+
+
+class MsgpackTranscoder(Transcoder):
+    """Events' attribute dicts as msgpack; datetimes as msgpack timestamps (UTC)."""
+
+    def encode(self, obj: Any) -> bytes:
+        return msgpack.packb(obj, default=_default, datetime=True, use_bin_type=True)
+
+    def decode(self, data: bytes) -> Any:
+        out = msgpack.unpackb(data, ext_hook=_ext_hook, timestamp=3, raw=False, strict_map_key=False)
+        return out

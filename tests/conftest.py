@@ -1,0 +1,39 @@
+"""Shared fixtures: a fresh SQLite-file registry per test, and one loaded with the demo story."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from domain.errors import DomainError
+from ledger import demo
+from ledger.application import Registry
+
+
+def load_demo(app: Registry) -> None:
+    for name, actor, command_id, args in demo.story():
+        try:
+            app.submit(name, actor, command_id, args)
+        except DomainError as e:
+            if demo.EXPECTED_REFUSALS.get(command_id) != e.code:
+                raise
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@pytest.fixture
+def registry(db_url: str) -> Iterator[Registry]:
+    app = Registry(db_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def demo_registry(registry: Registry) -> Registry:
+    load_demo(registry)
+    return registry

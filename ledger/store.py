@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
@@ -53,8 +53,8 @@ def environment(url: str) -> dict[str, str]:
     if path is not None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        else:
-            path = "file:registry-memory?mode=memory&cache=shared"
+        else:  # one private in-memory database per application (tests, benchmarks)
+            path = f"file:registry-{uuid4().hex}?mode=memory&cache=shared"
         return {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": path,

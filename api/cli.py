@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -17,8 +18,10 @@ from domain import commands as C
 from domain.errors import DomainError
 from ledger import demo as demo_story
 from ledger.application import Registry
+from ledger.keys import Keyring, default_keys_dir, public_text, write_private
+from ledger.keys import generate as generate_key
 from ledger.projections import Progress as ProjectionProgress
-from ledger.store import DEFAULT_DB, ENV_DB
+from ledger.store import DEFAULT_DB, ENV_DB, db_url
 
 # Piped output is not cut to 80 columns: tables stay whole in logs and CI.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -32,8 +35,12 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
 
 
+def _keys_dir(args: argparse.Namespace) -> Path:
+    return Path(args.keys) if getattr(args, "keys", None) else default_keys_dir(db_url(args.db))
+
+
 def _open(args: argparse.Namespace) -> Registry:
-    return Registry(args.db)
+    return Registry(args.db, keyring=Keyring(_keys_dir(args)))
 
 
 def _progress_bar(label: str) -> tuple[Progress, Callable[[ProjectionProgress], None]]:
@@ -55,13 +62,45 @@ def cmd_init(args: argparse.Namespace) -> int:
     if app.log_position() > 0:
         raise DomainError("already_exists", f"the registry at {app.url} is initialised already; "
                           "init never overwrites a registry")
+    keyring = app.keyring
+    assert keyring is not None
+    if keyring.has(args.operator):
+        raise DomainError("already_exists", f"an operator key exists at {keyring.path(args.operator)}; "
+                          "init never overwrites an operator key")
+    keyring.create(args.operator)
     outcome = app.submit("initialise", args.operator, f"init-{args.operator}",
                          {"origin": args.origin, "operator_id": args.operator, "name": args.name})
     if args.json:
-        _print_json({"db": app.url, **outcome})
+        _print_json({"db": app.url, "keys": str(keyring.folder), **outcome})
     else:
-        out.print(f"initialised registry [bold]{args.origin}[/] at {app.url}; "
-                  f"operator [bold]{args.operator}[/]")
+        out.print(f"initialised registry [bold]{args.origin}[/] at {app.url}; operator "
+                  f"[bold]{args.operator}[/], key {outcome['key_id']} in {keyring.folder}")
+        out.print(f"operator public key: {outcome['operator_key']}")
+    return 0
+
+
+def cmd_operator_key(args: argparse.Namespace) -> int:
+    genesis = _open(args).projection().genesis
+    if genesis is None:
+        raise DomainError("unknown_participant", "the registry is not initialised (run init)")
+    if args.json:
+        _print_json({"origin": genesis.origin, "operator_id": genesis.operator_id,
+                     "operator_key": genesis.operator_key})
+    else:
+        sys.stdout.write(genesis.operator_key + "\n")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    folder = _keys_dir(args)
+    key = generate_key()
+    write_private(folder / f"{args.participant}.key", key)
+    if args.json:
+        _print_json({"participant": args.participant, "public_key": public_text(key),
+                     "private_key_file": str(folder / f"{args.participant}.key")})
+    else:
+        out.print(f"private key written to {folder / (args.participant + '.key')} (mode 0600)")
+        sys.stdout.write(public_text(key) + "\n")
     return 0
 
 
@@ -266,7 +305,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         data = json.loads(raw, parse_float=_refuse_float)
     except json.JSONDecodeError as e:
         raise DomainError("invalid_argument", f"the command is not valid JSON: {e}") from None
-    outcome = _open(args).execute(C.parse(data))
+    command = C.parse(data)  # refuse malformed input before signing anything
+    outcome = _open(args).submit(command.name, command.actor, command.command_id, data["args"])
     _print_json(outcome)
     return 0
 
@@ -282,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS,
                         help=f"database URL (default: ${ENV_DB} or {DEFAULT_DB})")
+    common.add_argument("--keys", default=argparse.SUPPRESS, metavar="DIR",
+                        help="folder of private key files (default: beside a SQLite file, "
+                        "<db file>.keys)")
     reads = argparse.ArgumentParser(add_help=False)
     reads.add_argument("--json", action="store_true", help="print machine-readable JSON")
     as_of = argparse.ArgumentParser(add_help=False)
@@ -298,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", default="registry", help="the operator's participant id")
     p.add_argument("--name", default="Registry operator", help="the operator's name")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("operator-key", parents=[common, reads],
+                       help="print the operator's public key, as --operator-key takes it")
+    p.set_defaults(func=cmd_operator_key)
+
+    p = sub.add_parser("keygen", parents=[common, reads], help="make a participant key pair")
+    p.add_argument("participant", help="participant id; the key goes to DIR/<id>.key")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("demo", parents=[common, reads], help="load the Sanming demo story")
     p.set_defaults(func=cmd_demo)

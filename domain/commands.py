@@ -8,6 +8,7 @@ lists and dicts with str keys, with money in integer fen. Unknown fields are ref
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -151,6 +152,22 @@ def _area(value: Any, name: str) -> str:
     return V.area_mu(value, name)
 
 
+_PUBLIC_KEY = re.compile(r"^ed25519:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+
+
+def _public_key(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not _PUBLIC_KEY.match(value):
+        raise invalid(f"{name} must be an Ed25519 public key like 'ed25519:<base64 of 32 bytes>'",
+                      field=name)
+    return value
+
+
+def _key_id(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not re.match(r"^[0-9a-f]{32}$", value):
+        raise invalid(f"{name} must be a key id of 32 lower-case hex digits", field=name)
+    return value
+
+
 @dataclass(frozen=True)
 class Command:
     """A parsed command. `name` selects the handler; `fields` holds the canonical arguments."""
@@ -196,8 +213,11 @@ def _spec(command_name: str, /, **fields: Parser) -> None:
     Command.SPECS[command_name] = fields
 
 
-_spec("initialise", origin=_ref, operator_id=_slug, name=_text)
-_spec("register_participant", participant_id=_slug, name=_text, role=_enum(V.Role))
+_spec("initialise", origin=_ref, operator_id=_slug, name=_text, public_key=_public_key)
+_spec("register_participant", participant_id=_slug, name=_text, role=_enum(V.Role),
+      public_key=_public_key)
+_spec("rotate_key", participant_id=_slug, new_public_key=_public_key)
+_spec("revoke_key", participant_id=_slug, key_id=_key_id, reason=_text)
 _spec("register_project", project_id=_ref, name=_text, owner=_slug, county=_text, area_mu=_area,
       standard=_enum(V.Standard), methodology=_optional(_text))
 _spec("issue_ticket", ticket_no=_ticket, project_id=_ref, standard=_enum(V.Standard),
@@ -252,6 +272,43 @@ _spec("cancel_units", cancellation_id=_ref, ticket_no=_ticket, holder=_slug,
       last_serial=_optional(_text, None), reason=_text)
 
 COMMAND_NAMES = tuple(Command.SPECS)
+
+_R = V.Role
+# Which roles may issue each command at all. Handlers refine this (the project's own issuer, the
+# pledge's own bank, a holder acting for its own account); the auditor re-checks this table.
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "initialise": frozenset({_R.OPERATOR}),
+    "register_participant": frozenset({_R.OPERATOR}),
+    "rotate_key": frozenset(r.value for r in _R),
+    "revoke_key": frozenset(r.value for r in _R),
+    "register_project": frozenset({_R.ISSUER}),
+    "issue_ticket": frozenset({_R.ISSUER}),
+    "grant_mandate": frozenset({_R.HOLDER, _R.BANK}),
+    "revoke_mandate": frozenset({_R.HOLDER, _R.BANK}),
+    "transfer": frozenset({_R.EXCHANGE}),
+    "settle_batch": frozenset({_R.EXCHANGE}),
+    "pledge": frozenset({_R.BANK}),
+    "release_pledge": frozenset({_R.BANK}),
+    "enforce_pledge": frozenset({_R.BANK}),
+    "bind_policy": frozenset({_R.INSURER}),
+    "file_claim": frozenset({_R.HOLDER, _R.BANK, _R.INSURER}),
+    "approve_claim": frozenset({_R.INSURER}),
+    "reject_claim": frozenset({_R.INSURER}),
+    "retire": frozenset({_R.HOLDER, _R.BANK}),
+    "record_emissions": frozenset({_R.REGULATOR}),
+    "set_limits": frozenset({_R.REGULATOR}),
+    "freeze": frozenset({_R.REGULATOR, _R.COURT}),
+    "unfreeze": frozenset({_R.REGULATOR, _R.COURT}),
+    "cancel_units": frozenset({_R.ISSUER}),
+}
+assert set(PERMISSIONS) == set(Command.SPECS), set(Command.SPECS) ^ set(PERMISSIONS)
+
+
+def check_permission(name: str, actor: str, role: str) -> None:
+    if role not in PERMISSIONS[name]:
+        allowed = " or ".join(sorted(PERMISSIONS[name]))
+        raise DomainError("not_authorized", f"{actor} is a {role}; only a {allowed} may {name.replace('_', ' ')}",
+                          actor=actor, role=role, command=name)
 
 
 def _parse_fields(data: Any, spec: dict[str, Parser], where: str) -> dict[str, Any]:

@@ -36,6 +36,15 @@ CODES: dict[str, str] = {
     "emissions_not_recorded": "the regulator has not recorded verified emissions for that period",
     "cap_exceeded": "the retirement would exceed a compliance offset limit",
     "batch_too_large": "a batch holds more items than allowed",
+    "unsigned": "the command carries no signature by its actor",
+    "bad_signature": "a signature is malformed, covers other content, or does not verify",
+    "unknown_key": "the signing key is not a registered key of the signer",
+    "revoked_key": "the signing key was revoked or rotated out",
+    "key_not_yet_valid": "the signing key was registered after the position of the record",
+    "stale_signature": "the signature's created time is outside the accepted window",
+    "replay": "this exact signed request was received before",
+    "non_canonical": "the body is not in the canonical encoding",
+    "consent_missing": "a party whose consent the command needs has not signed it",
     "conflict": "concurrent writes kept conflicting; retry the command",
 }
 

@@ -16,20 +16,73 @@ class Participant(LedgerAggregate):
         participant_id: str
         name: str
         role: str
+        public_key: str
+        key_id: str
 
-    def __init__(self, participant_id: str, name: str, role: str) -> None:
+    def __init__(self, participant_id: str, name: str, role: str, public_key: str, key_id: str) -> None:
         self.participant_id = participant_id
         self.name = name
         self.role = role
+        # key id -> {"public_key": text form, "status": active | rotated | revoked}
+        self.keys: dict[str, dict[str, str]] = {key_id: {"public_key": public_key, "status": ACTIVE}}
         self.freezes: dict[str, str] = {}  # who froze -> reason
         self.mandates: set[str] = set()  # exchanges allowed to move this holder's units
 
     @classmethod
-    def register(cls, participant_id: str, name: str, role: str, actor: str, command_id: str) -> Participant:
+    def register(cls, participant_id: str, name: str, role: str, public_key: str, key_id: str,
+                 actor: str, command_id: str) -> Participant:
         return cls._create(
             cls.Registered, id=cls.id_for(participant_id), participant_id=participant_id,
-            name=name, role=role, actor=actor, command_id=command_id,
+            name=name, role=role, public_key=public_key, key_id=key_id, actor=actor,
+            command_id=command_id,
         )
+
+    # Keys ------------------------------------------------------------------------------------
+
+    def active_key(self, key_id: str) -> str:
+        """The public key of an active key of this participant, or a refusal with the reason."""
+        entry = self.keys.get(key_id)
+        if entry is None:
+            raise DomainError("unknown_key", f"{key_id} is not a key of {self.participant_id}",
+                              key_id=key_id, signer=self.participant_id)
+        if entry["status"] != ACTIVE:
+            raise DomainError("revoked_key", f"key {key_id} of {self.participant_id} is "
+                              f"{entry['status']}", key_id=key_id, signer=self.participant_id)
+        return entry["public_key"]
+
+    class KeyRotated(LedgerAggregate.Event):
+        old_key_id: str
+        new_key_id: str
+        new_public_key: str
+
+        def apply(self, agg: Participant) -> None:
+            if self.old_key_id in agg.keys:
+                agg.keys[self.old_key_id]["status"] = ROTATED
+            agg.keys[self.new_key_id] = {"public_key": self.new_public_key, "status": ACTIVE}
+
+    class KeyRevoked(LedgerAggregate.Event):
+        key_id: str
+        reason: str
+
+        def apply(self, agg: Participant) -> None:
+            agg.keys[self.key_id]["status"] = REVOKED
+
+    def current_key_id(self) -> str | None:
+        active = [k for k, v in self.keys.items() if v["status"] == ACTIVE]
+        return active[-1] if active else None
+
+    def rotate_key(self, new_public_key: str, new_key_id: str, actor: str, command_id: str) -> str:
+        if new_key_id in self.keys:
+            raise DomainError("already_exists", f"key {new_key_id} was registered for "
+                              f"{self.participant_id} before; use a new key", key_id=new_key_id)
+        old = self.current_key_id() or ""
+        self._emit(self.KeyRotated, actor, command_id, old_key_id=old, new_key_id=new_key_id,
+                   new_public_key=new_public_key)
+        return old
+
+    def revoke_key(self, key_id: str, reason: str, actor: str, command_id: str) -> None:
+        self.active_key(key_id)
+        self._emit(self.KeyRevoked, actor, command_id, key_id=key_id, reason=reason)
 
     @property
     def frozen(self) -> bool:
@@ -121,5 +174,6 @@ class Participant(LedgerAggregate):
         self._emit(self.MandateRevoked, actor, command_id, exchange=exchange)
 
 
+ACTIVE, ROTATED, REVOKED = "active", "rotated", "revoked"
 OPERATOR_ID = "registry"
 ROLES = tuple(r.value for r in Role)

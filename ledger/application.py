@@ -11,6 +11,7 @@ command be decided again, a bounded number of times.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from uuid import UUID
@@ -33,7 +34,20 @@ from domain.retirement import Retirement
 from domain.ticket import AVAILABLE, PLEDGED, Ticket
 from domain.trade import Trade
 from domain.values import HOLDING_ROLES, PHYSICAL_PERILS, Purpose, Role, yuan
+from ledger import keys as K
 from ledger.projections import Progress, Projection
+from ledger.signing import (
+    ACTOR_TAG,
+    CONSENT_TAG,
+    WINDOW_FUTURE_S,
+    WINDOW_PAST_S,
+    Signature,
+    SignedCommand,
+    check_signature,
+    parse_base,
+    parse_canonical,
+    sign_with_keyring,
+)
 from ledger.store import db_url, environment
 from ledger.transcoder import MsgpackTranscoder
 
@@ -123,8 +137,11 @@ class Registry(Application):
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
     }
 
-    def __init__(self, url: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str | None = None, env: dict[str, str] | None = None, *,
+                 keyring: K.Keyring | None = None, clock: Callable[[], float] = time.time) -> None:
         self.url = db_url(url)
+        self.keyring = keyring
+        self.clock = clock
         merged = environment(self.url)
         merged.update(env or {})
         super().__init__(env=merged)
@@ -139,22 +156,30 @@ class Registry(Application):
 
     # The write path ---------------------------------------------------------------------------
 
-    def execute(self, command: C.Command) -> dict[str, Any]:
-        """Decide and record one command atomically; return its outcome or raise DomainError."""
+    def execute(self, signed: SignedCommand) -> dict[str, Any]:
+        """Verify, decide and record one signed command atomically; return its outcome.
+
+        Raises DomainError for every refusal; nothing is written then.
+        """
+        command = C.parse(parse_canonical(signed.body))
+        return self._execute(command, signed)
+
+    def _execute(self, command: C.Command, signed: SignedCommand) -> dict[str, Any]:
         digest = command.digest()
         handler = self._handlers[command.name]
+        actor_sig, consents = self._split_signatures(command, signed)
         for _ in range(MAX_ATTEMPTS):
+            uow = UnitOfWork(self)
+            self._authenticate(uow, command, signed, actor_sig, consents)
             prior = self._record_of(command.command_id)
             if prior is not None:
-                return self._replayed(prior, command, digest)
-            uow = UnitOfWork(self)
-            if command.name != "initialise":
-                uow.participant(command.actor)  # the actor must be registered
+                return self._replayed(prior, command, digest, actor_sig)
             outcome = handler(uow, command)
             outcome = {"command_id": command.command_id, "command": command.name, **outcome}
             record = CommandRecord.accept(
                 actor=command.actor, command_id=command.command_id, name=command.name,
-                digest=digest, payload=command.payload(), outcome=outcome,
+                digest=digest, body=signed.body, method=signed.method, path=signed.path,
+                signatures=[s.to_record() for s in signed.signatures], outcome=outcome,
             )
             changed = uow.changed()
             for agg in changed:
@@ -168,6 +193,72 @@ class Registry(Application):
                           f"concurrent writes after {MAX_ATTEMPTS} attempts; retry it",
                           attempts=MAX_ATTEMPTS)
 
+    # Authentication ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _split_signatures(command: C.Command, signed: SignedCommand
+                          ) -> tuple[Signature, dict[str, Signature]]:
+        actor_sig: Signature | None = None
+        consents: dict[str, Signature] = {}
+        for sig in signed.signatures:
+            tag = parse_base(sig.base).params.get("tag")
+            if tag == ACTOR_TAG and sig.signer == command.actor and actor_sig is None:
+                actor_sig = sig
+            elif tag == CONSENT_TAG and sig.signer not in consents:
+                consents[sig.signer] = sig
+            else:
+                raise DomainError("bad_signature", f"unexpected signature by {sig.signer} "
+                                  f"(tag {tag!r}); a command carries one actor signature and "
+                                  "at most one consent per party")
+        if actor_sig is None:
+            raise DomainError("unsigned", f"the command carries no signature by its actor "
+                              f"{command.actor}", actor=command.actor)
+        return actor_sig, consents
+
+    def _authenticate(self, uow: UnitOfWork, command: C.Command, signed: SignedCommand,
+                      actor_sig: Signature, consents: dict[str, Signature]) -> None:
+        """Check every signature under the signer's current key, the time window and the role."""
+        if command.name == "initialise":
+            # The genesis record is self-signed: it introduces the operator's key.
+            public = command["public_key"]
+            if actor_sig.key_id != K.key_id(public):
+                raise DomainError("unknown_key", "the genesis command must be signed with the "
+                                  "operator key it registers")
+        else:
+            actor = uow.participant(command.actor)
+            public = actor.active_key(actor_sig.key_id)
+            C.check_permission(command.name, actor.participant_id, actor.role)
+        self._check(actor_sig, signed, public, consent=False)
+        for party in self._consenting_parties(uow, command):
+            sig = consents.get(party[0])
+            if sig is None or sig.key_id != party[1](sig):
+                raise DomainError("consent_missing", f"{command.name} needs the consent signature "
+                                  f"of {party[0]}", party=party[0])
+            self._check(sig, signed, party[2](sig), consent=True)
+
+    def _consenting_parties(self, uow: UnitOfWork, command: C.Command
+                            ) -> list[tuple[str, Callable[[Signature], str], Callable[[Signature], str]]]:
+        """(party, expected key id, public key) for each consent the command needs."""
+        if command.name == "pledge":
+            pledgor = uow.participant(command["pledgor"])
+            return [(pledgor.participant_id, lambda s: s.key_id,
+                     lambda s: pledgor.active_key(s.key_id))]
+        if command.name == "rotate_key":
+            new = command["new_public_key"]
+            return [(command["participant_id"], lambda s: K.key_id(new), lambda s: new)]
+        return []
+
+    def _check(self, sig: Signature, signed: SignedCommand, public: str, consent: bool) -> None:
+        parsed = check_signature(sig, body=signed.body, method=signed.method, path=signed.path,
+                                 consent=consent, public_key=public)
+        now = int(self.clock())
+        created = parsed.params["created"]
+        if not now - WINDOW_PAST_S <= created <= now + WINDOW_FUTURE_S:
+            raise DomainError("stale_signature", f"the signature by {sig.signer} was created at "
+                              f"{created}, {now - created} s from the ledger's clock ({now}); "
+                              f"accepted: {WINDOW_PAST_S} s before to {WINDOW_FUTURE_S} s after",
+                              created=created, now=now)
+
     def _record_of(self, command_id: str) -> CommandRecord | None:
         try:
             return self.repository.get(CommandRecord.id_for(command_id))
@@ -175,7 +266,8 @@ class Registry(Application):
             return None
 
     @staticmethod
-    def _replayed(prior: CommandRecord, command: C.Command, digest: str) -> dict[str, Any]:
+    def _replayed(prior: CommandRecord, command: C.Command, digest: str,
+                  actor_sig: Signature) -> dict[str, Any]:
         if prior.digest != digest:
             raise DomainError(
                 "duplicate_command",
@@ -183,11 +275,25 @@ class Registry(Application):
                 f"{prior.name} command by {prior.actor}",
                 command_id=command.command_id,
             )
+        if any(bytes(s["signature"]) == actor_sig.signature for s in prior.signatures):
+            raise DomainError("replay", f"this signed request for command {command.command_id} was "
+                              "received before; a retry must be signed anew (new nonce)",
+                              command_id=command.command_id)
         return {**prior.outcome, "replayed": True}
 
     def submit(self, name: str, actor: str, command_id: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Parse and execute in one call (what the CLI, the demo and the tests use)."""
-        return self.execute(C.make(name, actor, command_id, args))
+        """Sign with this registry's keyring and execute (the CLI, the demo and the tests use it).
+
+        Keys for participants being registered are created in the keyring when the arguments
+        carry none (demo and test convenience; real participants bring their own public key).
+        """
+        if self.keyring is None:
+            raise DomainError("unsigned", "this registry has no keyring to sign commands with")
+        signed = sign_with_keyring(self.keyring, name, actor, command_id, args, int(self.clock()))
+        outcome = self.execute(signed)
+        if name == "rotate_key" and not outcome.get("replayed"):
+            self.keyring.commit_rotation(args["participant_id"])
+        return outcome
 
     # Reads of current state (the projections answer everything else) ----------------------------
 
@@ -230,23 +336,55 @@ class Registry(Application):
         if cmd.actor != cmd["operator_id"]:
             raise DomainError("not_authorized", "the registry is initialised by its own operator")
         uow.absent(Genesis, Genesis.id_for(), "the registry's genesis")
+        public = self._valid_public_key(cmd["public_key"])
         uow.add(Genesis.create(actor=cmd.actor, command_id=cmd.command_id, origin=cmd["origin"],
-                               operator_id=cmd["operator_id"]))
-        uow.add(Participant.register(cmd["operator_id"], cmd["name"], Role.OPERATOR.value,
-                                     cmd.actor, cmd.command_id))
-        return {"origin": cmd["origin"], "operator_id": cmd["operator_id"]}
+                               operator_id=cmd["operator_id"], operator_key=public))
+        uow.add(Participant.register(cmd["operator_id"], cmd["name"], Role.OPERATOR.value, public,
+                                     K.key_id(public), cmd.actor, cmd.command_id))
+        return {"origin": cmd["origin"], "operator_id": cmd["operator_id"], "operator_key": public,
+                "key_id": K.key_id(public)}
 
     def _register_participant(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.OPERATOR, doing="register participants")
         pid = cmd["participant_id"]
         if cmd["role"] == Role.OPERATOR:
             raise DomainError("not_authorized", "a registry has one operator, recorded at initialisation")
         uow.absent(Participant, Participant.id_for(pid), f"participant {pid}")
-        uow.add(Participant.register(pid, cmd["name"], cmd["role"], cmd.actor, cmd.command_id))
-        return {"participant_id": pid, "role": cmd["role"]}
+        public = self._valid_public_key(cmd["public_key"])
+        uow.add(Participant.register(pid, cmd["name"], cmd["role"], public, K.key_id(public),
+                                     cmd.actor, cmd.command_id))
+        return {"participant_id": pid, "role": cmd["role"], "key_id": K.key_id(public)}
+
+    def _rotate_key(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
+        participant = self._key_owner(uow, cmd, "rotate")
+        public = self._valid_public_key(cmd["new_public_key"])
+        old = participant.rotate_key(public, K.key_id(public), cmd.actor, cmd.command_id)
+        return {"participant_id": participant.participant_id, "old_key_id": old,
+                "key_id": K.key_id(public), "by": cmd.actor}
+
+    def _revoke_key(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
+        participant = self._key_owner(uow, cmd, "revoke")
+        participant.revoke_key(cmd["key_id"], cmd["reason"], cmd.actor, cmd.command_id)
+        return {"participant_id": participant.participant_id, "key_id": cmd["key_id"],
+                "by": cmd.actor}
+
+    @staticmethod
+    def _key_owner(uow: UnitOfWork, cmd: C.Command, doing: str) -> Participant:
+        participant = uow.participant(cmd["participant_id"])
+        actor = uow.participant(cmd.actor)
+        if participant.role == Role.OPERATOR:
+            raise DomainError("not_authorized", "the operator's key is pinned by the genesis record; "
+                              f"it cannot {doing} it here")
+        if cmd.actor != participant.participant_id and actor.role != Role.OPERATOR:
+            raise DomainError("not_authorized", f"only {participant.participant_id} itself, or the "
+                              f"registry operator when its key is lost, may {doing} its key")
+        return participant
+
+    @staticmethod
+    def _valid_public_key(text: str) -> str:
+        K.raw_public(text)
+        return text
 
     def _register_project(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.ISSUER, doing="register projects")
         self._holder(uow, cmd["owner"])
         pid = cmd["project_id"]
         uow.absent(Project, Project.id_for(pid), f"project {pid}")
@@ -256,7 +394,6 @@ class Registry(Application):
         return {"project_id": pid}
 
     def _issue_ticket(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.ISSUER, doing="issue tickets")
         project = uow.get(Project, Project.id_for(cmd["project_id"]), lambda: DomainError(
             "unknown_project", f"no project {cmd['project_id']} is registered",
             project_id=cmd["project_id"]))
@@ -287,11 +424,9 @@ class Registry(Application):
         return {"holder": holder.participant_id, "exchange": cmd["exchange"]}
 
     def _transfer(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.EXCHANGE, doing="post transfers")
         return self._settle_one(uow, cmd, cmd.fields, batch_id="")
 
     def _settle_batch(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.EXCHANGE, doing="post transfers")
         results = []
         for i, item in enumerate(cmd["transfers"]):
             try:
@@ -388,7 +523,6 @@ class Registry(Application):
         return {"pledge_id": pledge.pledge_id, "to": to, "enforced_t": moved, "status": pledge.status}
 
     def _bind_policy(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.INSURER, doing="bind policies")
         insured = self._holder(uow, cmd["insured"])
         if cmd["loss_payee"]:
             uow.participant(cmd["loss_payee"])
@@ -584,7 +718,6 @@ class Registry(Application):
                            "serials": self._serials(uow.ticket(t), rs)} for t, s, rs in lines]}
 
     def _record_emissions(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.REGULATOR, doing="record verified emissions")
         entity, scheme, period = cmd["entity"], cmd["scheme"], cmd["period"]
         uow.participant(entity)
         account = uow.find(ComplianceAccount, ComplianceAccount.id_for(entity, scheme, period))
@@ -598,7 +731,6 @@ class Registry(Application):
                 "verified_emissions_t": cmd["verified_emissions_t"]}
 
     def _set_limits(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.REGULATOR, doing="set offset limits")
         scheme, period, limits, total = cmd["scheme"], cmd["period"], cmd["limits_bp"], cmd["total_bp"]
         if "SMCER" in limits and limits["SMCER"]:
             raise DomainError("standard_not_eligible", "SMCER is not eligible for compliance "
@@ -613,20 +745,17 @@ class Registry(Application):
         return {"scheme": scheme, "period": period, "limits_bp": limits, "total_bp": total}
 
     def _freeze(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.REGULATOR, Role.COURT, doing="freeze accounts")
         account = self._holder(uow, cmd["holder"])
         account.freeze(cmd.actor, cmd["reason"], cmd.actor, cmd.command_id)
         return {"holder": account.participant_id, "frozen": True, "frozen_by": sorted(account.freezes)}
 
     def _unfreeze(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.REGULATOR, Role.COURT, doing="unfreeze accounts")
         account = uow.participant(cmd["holder"])
         account.unfreeze(cmd.actor, cmd.actor, cmd.command_id)
         return {"holder": account.participant_id, "frozen": account.frozen,
                 "frozen_by": sorted(account.freezes)}
 
     def _cancel_units(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
-        uow.participant(cmd.actor).require_role(Role.ISSUER, doing="cancel units")
         ticket = uow.ticket(cmd["ticket_no"])
         if ticket.issuer != cmd.actor:
             raise DomainError("not_authorized", f"ticket {ticket.ticket_no} was issued by "

@@ -10,6 +10,7 @@ import pytest
 from domain.errors import DomainError
 from ledger import demo
 from ledger.application import Registry
+from ledger.keys import Keyring
 
 
 def load_demo(app: Registry) -> None:
@@ -28,7 +29,7 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def registry(db_url: str) -> Iterator[Registry]:
-    app = Registry(db_url)
+    app = Registry(db_url, keyring=Keyring())
     yield app
     app.close()
 

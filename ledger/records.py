@@ -1,0 +1,45 @@
+"""Log records: the bytes a Merkle leaf and the hash chain commit to.
+
+A record is one stored event at one log position. Its canonical bytes are the msgpack array
+[originator id (16 bytes), originator version, topic, state bytes] — exactly the stored values,
+never a re-serialisation of the decoded event. Each record's leaf hash is RFC 9162's
+SHA-256(0x00 || bytes); the chain value of position i is SHA-256(chain[i-1] || leaf[i]) with
+chain[0] = GENESIS_CHAIN, so every record commits to the whole log before it: deleting,
+inserting or reordering records changes every chain value after the damage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from uuid import UUID
+
+import msgpack
+
+from ledger import merkle
+
+GENESIS_CHAIN = hashlib.sha256(b"carbon-ledger/chain/v1").digest()
+
+
+@dataclass(frozen=True)
+class Record:
+    position: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: bytes
+    chain: bytes = b""
+
+    def canonical_bytes(self) -> bytes:
+        return record_bytes(self.originator_id, self.originator_version, self.topic, self.state)
+
+    def leaf_hash(self) -> bytes:
+        return merkle.leaf_hash(self.canonical_bytes())
+
+
+def record_bytes(originator_id: UUID, version: int, topic: str, state: bytes) -> bytes:
+    return msgpack.packb([originator_id.bytes, version, topic, state], use_bin_type=True)
+
+
+def next_chain(prev: bytes, leaf: bytes) -> bytes:
+    return hashlib.sha256(prev + leaf).digest()

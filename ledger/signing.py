@@ -1,0 +1,229 @@
+"""Signed commands: canonical JSON bodies and RFC 9421 signatures over them.
+
+One envelope serves the command line and HTTP alike. The body is the command as canonical JSON
+(RFC 8785 for the values a command may hold: objects with ASCII keys sorted, no insignificant
+white space, UTF-8, integers only — no floats). The actor signs an RFC 9421 signature base that
+covers `@method`, `@path` and the body's RFC 9530 `content-digest`, with the parameters
+`created`, `keyid`, `nonce`, `alg="ed25519"` and `tag="carbon-ledger"`. A second party's
+consent (the pledgor of a pledge, the new key of a rotation) is a signature over
+`content-digest` alone, tagged `carbon-ledger-consent`.
+
+The ledger stores the body, the method and path, and every signature base and signature with
+the command's record, so an auditor can re-check each signature from the log alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from domain.errors import DomainError
+from ledger import keys as K
+
+ACTOR_TAG = "carbon-ledger"
+CONSENT_TAG = "carbon-ledger-consent"
+ACTOR_COMPONENTS = ("@method", "@path", "content-digest")
+CONSENT_COMPONENTS = ("content-digest",)
+COMMANDS_PATH = "/v1/commands"
+WINDOW_PAST_S = 300  # a signature may be at most 5 minutes old when it reaches the ledger
+WINDOW_FUTURE_S = 60  # and at most 1 minute ahead of the ledger's clock
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_MAX_INT = 2**53 - 1
+
+
+# Canonical JSON ------------------------------------------------------------------------------
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte encoding of a JSON value that the ledger signs and hashes."""
+    _check_canonical_types(obj)
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8")
+
+
+def _check_canonical_types(obj: Any, path: str = "$") -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str) or not k.isascii():
+                raise DomainError("non_canonical", f"{path}: object keys must be ASCII strings")
+            _check_canonical_types(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_canonical_types(v, f"{path}[{i}]")
+    elif isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    elif isinstance(obj, int):
+        if not -_MAX_INT <= obj <= _MAX_INT:
+            raise DomainError("non_canonical", f"{path}: integer {obj} is beyond ±2^53")
+    else:
+        raise DomainError("non_canonical", f"{path}: {type(obj).__name__} values are not allowed "
+                          "(no floats: tonnes are integers, money is a decimal string)")
+
+
+def _no_float(text: str) -> Any:
+    raise DomainError("non_canonical", f"{text} is a fractional number; tonnes are integers and money "
+                      "is a decimal string like \"15.00\"")
+
+
+def parse_canonical(body: bytes) -> Any:
+    """Parse a body and insist it is already in canonical form."""
+    if len(body) > MAX_BODY_BYTES:
+        raise DomainError("invalid_argument", f"the body is {len(body)} bytes; at most "
+                          f"{MAX_BODY_BYTES} are accepted")
+    try:
+        obj = json.loads(body.decode("utf-8"), parse_float=_no_float, parse_constant=_no_float)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DomainError("invalid_argument", f"the body is not JSON: {e}") from None
+    if canonical_json(obj) != body:
+        raise DomainError("non_canonical", "the body is not in canonical JSON form (keys sorted, no "
+                          "white space, UTF-8 without escapes); sign and send canonical_json(command)")
+    return obj
+
+
+def content_digest(body: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode("ascii") + ":"
+
+
+# RFC 9421 signature bases ------------------------------------------------------------------
+
+def signature_params(components: tuple[str, ...], *, created: int, keyid: str, nonce: str,
+                     tag: str) -> str:
+    inner = " ".join(f'"{c}"' for c in components)
+    return f'({inner});created={created};keyid="{keyid}";nonce="{nonce}";alg="ed25519";tag="{tag}"'
+
+
+def signature_base(values: dict[str, str], params: str) -> str:
+    lines = [f'"{name}": {value}' for name, value in values.items()]
+    lines.append(f'"@signature-params": {params}')
+    return "\n".join(lines)
+
+
+_PARAMS = re.compile(r'^\((?P<components>(?:"[a-z@-]+"(?: "[a-z@-]+")*)?)\)(?P<rest>(?:;[a-z]+=(?:[0-9]+|"[^"\\]*"))*)$')
+_PARAM = re.compile(r';([a-z]+)=([0-9]+|"[^"\\]*")')
+
+
+@dataclass(frozen=True)
+class ParsedBase:
+    components: dict[str, str]
+    params: dict[str, Any]
+    covered: tuple[str, ...]
+
+
+def parse_base(base: str) -> ParsedBase:
+    """Split a signature base into its component values and parameters; DomainError if malformed."""
+    lines = base.split("\n")
+    if not lines or not lines[-1].startswith('"@signature-params": '):
+        raise DomainError("bad_signature", "the signature base does not end with @signature-params")
+    components: dict[str, str] = {}
+    for line in lines[:-1]:
+        m = re.match(r'^"([a-z@-]+)": (.*)$', line)
+        if not m or m.group(1) in components:
+            raise DomainError("bad_signature", f"malformed signature base line {line!r}")
+        components[m.group(1)] = m.group(2)
+    raw_params = lines[-1][len('"@signature-params": '):]
+    m = _PARAMS.match(raw_params)
+    if not m:
+        raise DomainError("bad_signature", "malformed @signature-params")
+    covered = tuple(c.strip('"') for c in m.group("components").split()) if m.group("components") else ()
+    if covered != tuple(components):
+        raise DomainError("bad_signature", "the covered components do not match the base's lines")
+    params: dict[str, Any] = {}
+    for k, v in _PARAM.findall(m.group("rest")):
+        params[k] = int(v) if v[0] != '"' else v[1:-1]
+    return ParsedBase(components, params, covered)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One signature as stored: who signed, with which key, the exact base, the signature bytes."""
+
+    signer: str
+    key_id: str
+    base: str
+    signature: bytes
+
+    def to_record(self) -> dict[str, Any]:
+        return {"signer": self.signer, "key_id": self.key_id, "base": self.base,
+                "signature": self.signature}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Signature:
+        return cls(data["signer"], data["key_id"], data["base"], bytes(data["signature"]))
+
+
+@dataclass(frozen=True)
+class SignedCommand:
+    """A command body with its signatures, as it reaches the ledger over any path."""
+
+    body: bytes
+    signatures: tuple[Signature, ...] = field(default_factory=tuple)
+    method: str = "POST"
+    path: str = COMMANDS_PATH
+
+
+def sign(key: Ed25519PrivateKey, signer: str, body: bytes, *, created: int, method: str = "POST",
+         path: str = COMMANDS_PATH, consent: bool = False, nonce: str | None = None) -> Signature:
+    kid = K.key_id(K.public_text(key))
+    nonce = nonce or secrets.token_urlsafe(16)
+    if consent:
+        values = {"content-digest": content_digest(body)}
+        params = signature_params(CONSENT_COMPONENTS, created=created, keyid=kid, nonce=nonce,
+                                  tag=CONSENT_TAG)
+    else:
+        values = {"@method": method, "@path": path, "content-digest": content_digest(body)}
+        params = signature_params(ACTOR_COMPONENTS, created=created, keyid=kid, nonce=nonce,
+                                  tag=ACTOR_TAG)
+    base = signature_base(values, params)
+    return Signature(signer, kid, base, key.sign(base.encode("utf-8")))
+
+
+def check_signature(sig: Signature, *, body: bytes, method: str, path: str, consent: bool,
+                    public_key: str) -> ParsedBase:
+    """Check one signature against the body it claims to cover; DomainError(bad_signature) if not."""
+    parsed = parse_base(sig.base)
+    expected = CONSENT_COMPONENTS if consent else ACTOR_COMPONENTS
+    tag = CONSENT_TAG if consent else ACTOR_TAG
+    if parsed.covered != expected or parsed.params.get("tag") != tag:
+        raise DomainError("bad_signature", f"a {'consent' if consent else 'actor'} signature must cover "
+                          f"{', '.join(expected)} with tag {tag}")
+    if parsed.params.get("alg") != "ed25519" or parsed.params.get("keyid") != sig.key_id:
+        raise DomainError("bad_signature", "the signature parameters name another key or algorithm")
+    if not isinstance(parsed.params.get("created"), int) or not parsed.params.get("nonce"):
+        raise DomainError("bad_signature", "the signature has no created time or nonce")
+    if parsed.components["content-digest"] != content_digest(body):
+        raise DomainError("bad_signature", "the signature covers another body (content-digest differs)")
+    if not consent and (parsed.components["@method"] != method or parsed.components["@path"] != path):
+        raise DomainError("bad_signature", "the signature covers another method or path")
+    if not K.verify(public_key, sig.signature, sig.base.encode("utf-8")):
+        raise DomainError("bad_signature", f"the signature by {sig.signer} with key {sig.key_id} "
+                          "does not verify")
+    return parsed
+
+
+def sign_with_keyring(keyring: K.Keyring, name: str, actor: str, command_id: str,
+                      args: dict[str, Any], created: int) -> SignedCommand:
+    """Build and sign a command the way a client holding these keys would (demo and tests)."""
+    args = dict(args)
+    if name in ("register_participant", "initialise") and "public_key" not in args:
+        pid = args.get("participant_id") or args.get("operator_id")
+        if isinstance(pid, str):
+            args["public_key"] = K.public_text(keyring.get_or_create(pid))
+    new_key = None
+    if name == "rotate_key" and "new_public_key" not in args and isinstance(args.get("participant_id"), str):
+        new_key = keyring.prepare_rotation(args["participant_id"])
+        args["new_public_key"] = K.public_text(new_key)
+    body = canonical_json({"command": name, "actor": actor, "command_id": command_id, "args": args})
+    sigs = [sign(keyring.get_or_create(actor) if name == "initialise" else keyring.get(actor),
+                 actor, body, created=created)]
+    if name == "pledge" and isinstance(args.get("pledgor"), str) and keyring.has(args["pledgor"]):
+        sigs.append(sign(keyring.get(args["pledgor"]), args["pledgor"], body, created=created,
+                         consent=True))
+    if new_key is not None:
+        sigs.append(sign(new_key, args["participant_id"], body, created=created, consent=True))
+    return SignedCommand(body=body, signatures=tuple(sigs))

@@ -18,9 +18,13 @@ from domain import commands as C
 from domain.errors import DomainError
 from ledger import demo as demo_story
 from ledger.application import Registry
+from ledger.audit import AuditReport, audit_database, audit_export, export
+from ledger.checkpoints import checkpoint_json, witness
 from ledger.keys import Keyring, default_keys_dir, public_text, write_private
 from ledger.keys import generate as generate_key
 from ledger.projections import Progress as ProjectionProgress
+from ledger.proofs import ProofError, verify_bundle
+from ledger.proofs import bundle as proof_bundle
 from ledger.store import DEFAULT_DB, ENV_DB, db_url
 
 # Piped output is not cut to 80 columns: tables stay whole in logs and CI.
@@ -129,6 +133,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             refusals += 1
             table.add_row(str(i), name, actor, command_id, f"[red]refused {e.code}[/]: {e.message}")
     elapsed = time.perf_counter() - started
+    checkpointer = app.operator_checkpointer()
+    if checkpointer is not None:
+        checkpointer.make()
+        assert app.keyring is not None
+        witness(app, "fujian-eco", app.keyring.get("fujian-eco"),
+                _keys_dir(args) / "fujian-eco.witness.json", _genesis_key(app))
     projection = app.projection()
     if args.json:
         _print_json({"db": app.url, "commands": len(steps), "refused": refusals,
@@ -298,6 +308,135 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    app = _open(args)
+    checkpointer = app.operator_checkpointer()
+    if checkpointer is None:
+        raise DomainError("unknown_key", f"the operator's private key is not in {_keys_dir(args)}; "
+                          "only the operator signs checkpoints")
+    checkpointer.make()
+    view = checkpoint_json(app)
+    if args.json:
+        _print_json(view)
+    else:
+        out.print(f"checkpoint at size {view['size']:,}: root {view['root']}, state "
+                  f"{view['state_root']}")
+    return 0
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    app = _open(args)
+    keyring = app.keyring
+    assert keyring is not None
+    operator_key = args.operator_key or _genesis_key(app)
+    state_file = Path(args.state) if args.state else _keys_dir(args) / f"{args.witness}.witness.json"
+    result = witness(app, args.witness, keyring.get(args.witness), state_file, operator_key)
+    if args.json:
+        _print_json(result)
+    else:
+        out.print(f"{result['witness']} cosigned the checkpoint at size {result['size']:,} "
+                  f"(consistent with size {result['previous_size']:,}; state in {state_file})")
+    return 0
+
+
+def _genesis_key(app: Registry) -> str:
+    genesis = app.projection().genesis
+    if genesis is None:
+        raise DomainError("unknown_participant", "the registry is not initialised (run init)")
+    return genesis.operator_key
+
+
+def _audit_progress(label: str) -> tuple[Progress, Callable[[int, int], None]]:
+    bar = Progress(TextColumn(label), BarColumn(), TaskProgressColumn(),
+                   TextColumn("{task.completed:,}/{task.total:,} records"), TimeRemainingColumn(),
+                   console=err, transient=False, disable=not err.is_terminal)
+    task = bar.add_task(label, total=None)
+    return bar, lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _print_audit(report: AuditReport, as_json: bool) -> int:
+    if as_json:
+        _print_json(report.to_dict())
+    elif report.ok:
+        out.print(f"[green]verified[/]: {report.records:,} records, {report.commands:,} commands, "
+                  f"{report.signatures:,} signatures, {report.checkpoints:,} checkpoints, "
+                  f"{report.cosignatures:,} cosignatures in {report.seconds:.2f} s "
+                  f"({report.events_per_s:,} events/s); root {report.root}")
+        for note in report.notes:
+            out.print(f"note: {note}")
+    else:
+        assert report.failure is not None
+        err.print(f"[red]verification failed[/] at {report.failure}")
+        out.print(f"checked {report.records:,} records before the failure")
+    return 0 if report.ok else EXIT_REFUSED
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    app = _open(args)
+    pinned = args.operator_key
+    if pinned is None and app.keyring is not None and app.keyring.folder is not None:
+        pub = app.keyring.folder / "registry.pub"
+        if pub.exists():
+            pinned = pub.read_text(encoding="ascii").strip()
+    bar, update = _audit_progress("verifying")
+    with bar:
+        report = audit_database(app.recorder, pinned, args.workers, update)
+    return _print_audit(report, args.json)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    app = _open(args)
+    bar, update = _audit_progress("exporting")
+    with bar:
+        result = export(app.recorder, Path(args.file), update)
+    if args.json:
+        _print_json(result)
+    else:
+        out.print(f"exported {result['records']:,} records to {result['file']} "
+                  f"({result['bytes']:,} bytes)")
+    return 0
+
+
+def cmd_verify_export(args: argparse.Namespace) -> int:
+    bar, update = _audit_progress("verifying export")
+    with bar:
+        report = audit_export(Path(args.file), args.operator_key, args.workers, update)
+    return _print_audit(report, args.json)
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    _print_json(proof_bundle(_open(args), args.kind, args.id))
+    return 0
+
+
+def cmd_verify_proof(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        result = verify_bundle(data, args.operator_key)
+    except (OSError, json.JSONDecodeError, ProofError) as e:
+        if args.json:
+            _print_json({"ok": False, "error": str(e)})
+        err.print(f"[red]proof rejected[/]: {e}")
+        return EXIT_REFUSED
+    if args.json:
+        _print_json(result)
+        return 0
+    if result["kind"] == "pledge":
+        out.print(f"[green]proven[/] as of checkpoint {result['checkpoint_size']:,} of "
+                  f"{result['origin']}: pledge {result['id']} by {result['pledgor']} to "
+                  f"{result['pledgee']} is {result['status']}; {result['pledged_t']:,} t pledged, "
+                  f"{result['impaired_t']:,} t impaired")
+    else:
+        out.print(f"[green]proven[/] as of checkpoint {result['checkpoint_size']:,} of "
+                  f"{result['origin']}: retirement {result['id']} of {result['quantity_t']:,} t by "
+                  f"{result['holder']} for {result['purpose']}, beneficiary {result['beneficiary']}")
+    for u in result["units"]:
+        out.print(f"  {u['first_serial']}..{u['last_serial']}  {u['quantity_t']:,} t")
+    if result["cosigned_by"]:
+        out.print(f"cosigned by {', '.join(result['cosigned_by'])}")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Execute one command given as JSON: {"command", "actor", "command_id", "args"}."""
     raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
@@ -380,6 +519,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rebuild", parents=[common, reads], help="replay every projection from zero")
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("checkpoint", parents=[common, reads], help="sign a checkpoint now (operator)")
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = sub.add_parser("witness", parents=[common, reads],
+                       help="check the latest checkpoint's consistency and cosign it (regulator)")
+    p.add_argument("--as", dest="witness", required=True, help="the witnessing regulator's id")
+    p.add_argument("--state", default=None, help="the witness's state file "
+                   "(default: <keys>/<id>.witness.json)")
+    p.add_argument("--operator-key", default=None, help="pin the operator's public key")
+    p.set_defaults(func=cmd_witness)
+
+    workers = argparse.ArgumentParser(add_help=False)
+    workers.add_argument("--workers", type=int, default=None,
+                         help="processes for signature checks (default: every core)")
+    p = sub.add_parser("verify", parents=[common, reads, workers], help="the full audit of the log")
+    p.add_argument("--operator-key", default=None, help="pin the operator's public key "
+                   "(default: <keys>/registry.pub when present, else the genesis record's)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("export", parents=[common, reads], help="write a self-contained audit file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify-export", parents=[reads, workers],
+                       help="audit an export file, with no database")
+    p.add_argument("file")
+    p.add_argument("--operator-key", required=True, help="the operator's public key (pinned)")
+    p.set_defaults(func=cmd_verify_export)
+
+    p = sub.add_parser("proof", parents=[common], help="print a proof bundle (JSON)")
+    p.add_argument("kind", choices=["pledge", "retirement"])
+    p.add_argument("id")
+    p.set_defaults(func=cmd_proof)
+
+    p = sub.add_parser("verify-proof", parents=[reads], help="check a proof bundle offline")
+    p.add_argument("file")
+    p.add_argument("--operator-key", required=True, help="the operator's public key (pinned)")
+    p.set_defaults(func=cmd_verify_proof)
 
     p = sub.add_parser("submit", parents=[common],
                        help="execute a command given as JSON (file or - for stdin)")

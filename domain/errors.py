@@ -44,6 +44,7 @@ CODES: dict[str, str] = {
     "stale_signature": "the signature's created time is outside the accepted window",
     "replay": "this exact signed request was received before",
     "non_canonical": "the body is not in the canonical encoding",
+    "unknown_checkpoint": "no signed checkpoint matches",
     "consent_missing": "a party whose consent the command needs has not signed it",
     "conflict": "concurrent writes kept conflicting; retry the command",
 }

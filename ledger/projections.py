@@ -28,6 +28,7 @@ from domain.retirement import Retirement
 from domain.ticket import Ticket
 from domain.trade import Trade
 from domain.values import UnitState, format_serial, yuan
+from ledger.commitments import StateCommitment
 
 if TYPE_CHECKING:
     from ledger.application import Registry
@@ -67,6 +68,7 @@ class Projection:
         self.compliance: dict[tuple[str, str, str], ComplianceAccount] = {}
         self.limits: dict[tuple[str, str], SchemeLimits] = {}
         self.genesis: Genesis | None = None
+        self.commitment = StateCommitment()
         self.holder_tickets: dict[str, set[str]] = {}
         self.ticket_history: dict[str, list[int]] = {}
         self.holder_history: dict[str, list[int]] = {}
@@ -104,6 +106,7 @@ class Projection:
         agg = self.aggregates.get(event.originator_id)
         agg = event.mutate(agg)
         self.aggregates[event.originator_id] = agg
+        self.commitment.touch(agg)
         pos = notification.id
         if isinstance(agg, Ticket):
             if event.originator_version == 1:

@@ -1,0 +1,215 @@
+"""Signed checkpoints of the log, and witness cosignatures.
+
+A checkpoint is a small text in the style of C2SP signed notes, signed by the operator's key
+that the genesis record pins:
+
+    carbon-ledger checkpoint v1
+    origin <origin>
+    size <tree size>
+    root <base64 RFC 9162 root of the first `size` records>
+    chain <base64 chain value of record `size`>
+    state <base64 state commitment at that size>
+    time <unix seconds>
+
+The signature is Ed25519 over those exact bytes. A witness (the regulator) checks that a new
+checkpoint is consistent with the last one it saw and signs "carbon-ledger cosignature v1\\n"
+followed by the same bytes. The operator refuses to sign a checkpoint whose tree does not extend
+the last signed one, so it never signs two inconsistent checkpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from domain.errors import DomainError
+from ledger import keys as K
+from ledger import merkle
+from ledger.records import GENESIS_CHAIN
+
+if TYPE_CHECKING:
+    from ledger.application import Registry
+
+HEADER = "carbon-ledger checkpoint v1"
+COSIGNATURE_PREFIX = b"carbon-ledger cosignature v1\n"
+INTERVAL_S = 1.0  # while writes happen, a checkpoint at least every second
+INTERVAL_EVENTS = 1000  # or every 1,000 events, whichever comes first
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root: bytes
+    chain: bytes
+    state_root: bytes
+    time: int
+
+    def body(self) -> bytes:
+        return (f"{HEADER}\norigin {self.origin}\nsize {self.size}\nroot {b64(self.root)}\n"
+                f"chain {b64(self.chain)}\nstate {b64(self.state_root)}\ntime {self.time}\n"
+                ).encode()
+
+    @classmethod
+    def parse(cls, body: bytes) -> Checkpoint:
+        """Parse checkpoint bytes strictly: the re-encoded form must equal the input."""
+        try:
+            lines = body.decode("utf-8").split("\n")
+            if len(lines) != 8 or lines[0] != HEADER or lines[7] != "":
+                raise ValueError("layout")
+            fields = {}
+            for line, name in zip(lines[1:7], ("origin", "size", "root", "chain", "state", "time"),
+                                  strict=True):
+                key, _, value = line.partition(" ")
+                if key != name:
+                    raise ValueError(name)
+                fields[name] = value
+            cp = cls(fields["origin"], int(fields["size"]), unb64(fields["root"]),
+                     unb64(fields["chain"]), unb64(fields["state"]), int(fields["time"]))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DomainError("bad_signature", f"malformed checkpoint ({e})") from None
+        if cp.body() != body:
+            raise DomainError("bad_signature", "the checkpoint is not in canonical form")
+        return cp
+
+    def to_json(self, signature: bytes, cosignatures: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"origin": self.origin, "size": self.size, "root": b64(self.root),
+                "chain": b64(self.chain), "state_root": b64(self.state_root), "time": self.time,
+                "body": self.body().decode("utf-8"), "signature": b64(signature),
+                "cosignatures": cosignatures}
+
+
+def verify_checkpoint(body: bytes, signature: bytes, operator_key: str) -> Checkpoint:
+    cp = Checkpoint.parse(body)
+    if not K.verify(operator_key, signature, body):
+        raise DomainError("bad_signature", f"the checkpoint at size {cp.size} is not signed by the "
+                          "operator key")
+    return cp
+
+
+def cosign(key: Ed25519PrivateKey, body: bytes) -> bytes:
+    return key.sign(COSIGNATURE_PREFIX + body)
+
+
+def verify_cosignature(public_key: str, signature: bytes, body: bytes) -> bool:
+    return K.verify(public_key, signature, COSIGNATURE_PREFIX + body)
+
+
+class Checkpointer:
+    """Signs checkpoints of one registry with the operator's key."""
+
+    def __init__(self, app: Registry, operator_key: Ed25519PrivateKey) -> None:
+        self.app = app
+        self.key = operator_key
+        self._last_time = 0.0
+        self._last_size = -1
+
+    def due(self) -> bool:
+        size = self.app.log_position()
+        if size <= self._last_size:
+            return False
+        return (size - self._last_size >= INTERVAL_EVENTS
+                or time.monotonic() - self._last_time >= INTERVAL_S)
+
+    def make(self) -> tuple[Checkpoint, bytes]:
+        """Sign a checkpoint at the current size (or return the one already signed there)."""
+        app = self.app
+        projection = app.projection()
+        genesis = projection.genesis
+        if genesis is None:
+            raise DomainError("unknown_participant", "the registry is not initialised")
+        if K.public_text(self.key) != genesis.operator_key:
+            raise DomainError("unknown_key", "this key is not the operator key pinned by genesis")
+        size = projection.position
+        tree = app.log_tree(size)
+        latest = app.recorder.latest_checkpoint()
+        if latest is not None:
+            last = Checkpoint.parse(latest[1])
+            if last.size == size:
+                return last, latest[2]
+            if last.size > size:
+                raise DomainError("conflict", f"a checkpoint at size {last.size} exists beyond the "
+                                  f"log's size {size}")
+            if tree.root_at(last.size) != last.root:
+                raise DomainError("conflict", f"the log no longer extends the checkpoint at size "
+                                  f"{last.size}; refusing to sign an inconsistent checkpoint")
+        chain = app.recorder.select_records(size, 1, stop=size)[0].chain if size else GENESIS_CHAIN
+        cp = Checkpoint(genesis.origin, size, tree.root_at(size), chain,
+                        projection.commitment.root(), int(app.clock()))
+        signature = self.key.sign(cp.body())
+        try:
+            app.recorder.insert_checkpoint(size, cp.body(), signature)
+        except Exception:  # another process signed this size first: keep its checkpoint
+            stored = [c for c in app.recorder.select_checkpoints(size - 1) if c[0] == size]
+            if not stored:
+                raise
+            return Checkpoint.parse(stored[0][1]), stored[0][2]
+        self._last_size, self._last_time = size, time.monotonic()
+        return cp, signature
+
+
+def checkpoint_json(app: Registry, size: int | None = None) -> dict[str, Any]:
+    """A stored checkpoint with its cosignatures, as JSON (the latest when size is None)."""
+    if size is None:
+        stored = app.recorder.latest_checkpoint()
+    else:
+        stored = next((c for c in app.recorder.select_checkpoints(size - 1) if c[0] == size), None)
+    if stored is None:
+        raise DomainError("unknown_checkpoint", "no checkpoint has been signed yet"
+                          if size is None else f"no checkpoint at size {size}")
+    cp = Checkpoint.parse(stored[1])
+    cosigs = [{"witness": w, "key_id": kid, "signature": b64(sig)}
+              for _, w, kid, sig in app.recorder.select_cosignatures(cp.size)]
+    return cp.to_json(stored[2], cosigs)
+
+
+# Witnesses -----------------------------------------------------------------------------------
+
+def witness(app: Registry, witness_id: str, key: Ed25519PrivateKey, state_file: Path,
+            operator_key: str) -> dict[str, Any]:
+    """Check the latest checkpoint against the last one this witness saw, then cosign it."""
+    latest = app.recorder.latest_checkpoint()
+    if latest is None:
+        raise DomainError("unknown_checkpoint", "no checkpoint has been signed yet")
+    cp = verify_checkpoint(latest[1], latest[2], operator_key)
+    participant = app.projection().participants.get(witness_id)
+    if participant is None or participant.role != "regulator":
+        raise DomainError("not_authorized", f"{witness_id} is not a registered regulator; only a "
+                          "regulator witnesses checkpoints")
+    kid = K.key_id(K.public_text(key))
+    participant.active_key(kid)
+    seen: dict[str, Any] = {}
+    if state_file.exists():
+        seen = json.loads(state_file.read_text(encoding="utf-8"))
+        if seen.get("origin") != cp.origin:
+            raise DomainError("conflict", f"the witness state is for origin {seen.get('origin')}, "
+                              f"this log is {cp.origin}")
+    old_size, old_root = int(seen.get("size", 0)), unb64(seen["root"]) if seen else merkle.EMPTY_ROOT
+    if cp.size < old_size:
+        raise DomainError("conflict", f"the log's latest checkpoint (size {cp.size}) is older than "
+                          f"the one this witness saw (size {old_size}): the log went back")
+    proof = app.log_tree(cp.size).consistency_proof(old_size, cp.size) if old_size else []
+    if old_size and not merkle.verify_consistency(old_size, cp.size, proof, old_root, cp.root):
+        raise DomainError("conflict", f"checkpoint {cp.size} is not consistent with checkpoint "
+                          f"{old_size} that this witness cosigned: the log was rewritten")
+    signature = cosign(key, cp.body())
+    app.recorder.insert_cosignature(cp.size, witness_id, kid, signature)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"origin": cp.origin, "size": cp.size, "root": b64(cp.root),
+                                      "operator_key": operator_key}, indent=2), encoding="utf-8")
+    return {"witness": witness_id, "size": cp.size, "previous_size": old_size,
+            "consistency_proof_length": len(proof), "root": b64(cp.root)}

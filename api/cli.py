@@ -437,6 +437,23 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from api.server import ENV_KEYS
+
+    url = db_url(args.db)
+    os.environ[ENV_DB] = url
+    os.environ[ENV_KEYS] = str(_keys_dir(args))
+    err.print(f"serving {url} at http://{args.host}:{args.port} ({args.workers} worker"
+              f"{'s' if args.workers != 1 else ''}); docs at /docs")
+    uvicorn.run("api.server:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, access_log=False)
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Execute one command given as JSON: {"command", "actor", "command_id", "args"}."""
     raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
@@ -558,6 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--operator-key", required=True, help="the operator's public key (pinned)")
     p.set_defaults(func=cmd_verify_proof)
+
+    p = sub.add_parser("serve", parents=[common], help="serve the HTTP API (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("submit", parents=[common],
                        help="execute a command given as JSON (file or - for stdin)")

@@ -36,6 +36,7 @@ CODES: dict[str, str] = {
     "emissions_not_recorded": "the regulator has not recorded verified emissions for that period",
     "cap_exceeded": "the retirement would exceed a compliance offset limit",
     "batch_too_large": "a batch holds more items than allowed",
+    "payload_too_large": "the request body is larger than allowed",
     "unsigned": "the command carries no signature by its actor",
     "bad_signature": "a signature is malformed, covers other content, or does not verify",
     "unknown_key": "the signing key is not a registered key of the signer",

@@ -113,3 +113,18 @@ def story() -> Iterator[Step]:
 
 
 EXPECTED_REFUSALS = {"retirement/RT-2022-002": "cap_exceeded"}
+
+
+def load(app: Any) -> int:
+    """Submit the whole story to a registry that signs with its keyring; returns refusals seen."""
+    from domain.errors import DomainError
+
+    refused = 0
+    for name, actor, command_id, args in story():
+        try:
+            app.submit(name, actor, command_id, args)
+        except DomainError as e:
+            if EXPECTED_REFUSALS.get(command_id) != e.code:
+                raise
+            refused += 1
+    return refused

@@ -69,6 +69,7 @@ class Projection:
         self.limits: dict[tuple[str, str], SchemeLimits] = {}
         self.genesis: Genesis | None = None
         self.commitment = StateCommitment()
+        self.key_owner: dict[str, str] = {}  # key id -> participant id
         self.holder_tickets: dict[str, set[str]] = {}
         self.ticket_history: dict[str, list[int]] = {}
         self.holder_history: dict[str, list[int]] = {}
@@ -122,8 +123,10 @@ class Projection:
         else:
             if event.originator_version == 1:
                 self._index(agg)
-            if isinstance(agg, Participant):  # registration, freezes, mandates
+            if isinstance(agg, Participant):  # registration, keys, freezes, mandates
                 self.holder_history.setdefault(agg.participant_id, []).append(pos)
+                for key_id in agg.keys:
+                    self.key_owner[key_id] = agg.participant_id
 
     def _index(self, agg: LedgerAggregate) -> None:
         if isinstance(agg, Participant):
@@ -308,7 +311,18 @@ class Projection:
     def participant(self, participant_id: str) -> dict[str, Any]:
         p = self._require_participant(participant_id)
         return {"participant_id": p.participant_id, "name": p.name, "role": p.role,
-                "frozen": p.frozen, "frozen_by": sorted(p.freezes), "mandates": sorted(p.mandates)}
+                "frozen": p.frozen, "frozen_by": sorted(p.freezes), "mandates": sorted(p.mandates),
+                "keys": [{"key_id": k, **v} for k, v in p.keys.items()]}
+
+    def project(self, project_id: str) -> dict[str, Any]:
+        p = self.projects.get(project_id)
+        if p is None:
+            raise DomainError("unknown_project", f"no project {project_id} is registered",
+                              project_id=project_id)
+        return {"project_id": p.project_id, "name": p.name, "owner": p.owner, "county": p.county,
+                "area_mu": p.area_mu, "standard": p.standard, "methodology": p.methodology,
+                "issuer": p.issuer,
+                "tickets": sorted(no for no, t in self.tickets.items() if t.project_id == project_id)}
 
     def history_positions(self, *, ticket: str | None = None, holder: str | None = None) -> list[int]:
         if ticket is not None:

@@ -7,19 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import DomainError
 from ledger import demo
 from ledger.application import Registry
 from ledger.keys import Keyring
 
 
 def load_demo(app: Registry) -> None:
-    for name, actor, command_id, args in demo.story():
-        try:
-            app.submit(name, actor, command_id, args)
-        except DomainError as e:
-            if demo.EXPECTED_REFUSALS.get(command_id) != e.code:
-                raise
+    demo.load(app)
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""RFC 9421 HTTP message signatures on the wire: the Signature-Input and Signature headers.
+
+The registry's signature base is built by ledger.signing, the same for HTTP and the command line;
+this module only moves it in and out of headers. Writes are signed over ("@method" "@path"
+"content-digest") with tag "carbon-ledger"; a pledgor's consent over ("content-digest") with tag
+"carbon-ledger-consent"; reads over ("@method" "@path" "@query") with tag "carbon-ledger-read".
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from domain.errors import DomainError
+from ledger import keys as K
+from ledger.signing import (
+    ACTOR_COMPONENTS,
+    ACTOR_TAG,
+    CONSENT_COMPONENTS,
+    CONSENT_TAG,
+    content_digest,
+    signature_base,
+    signature_params,
+)
+
+READ_TAG = "carbon-ledger-read"
+READ_COMPONENTS = ("@method", "@path", "@query")
+MAX_SIGNATURES = 4
+
+_MEMBER = re.compile(r'\s*([a-z][a-z0-9_-]*)=(\((?:"[^"]*"(?: "[^"]*")*)?\)(?:;[a-z]+=(?:[0-9]+|"[^"\\]*"))*)\s*')
+_SIG_MEMBER = re.compile(r"\s*([a-z][a-z0-9_-]*)=:([A-Za-z0-9+/=]*):\s*")
+
+
+@dataclass(frozen=True)
+class WireSignature:
+    label: str
+    params: str  # the serialised @signature-params, exactly as received
+    covered: tuple[str, ...]
+    keyid: str
+    tag: str
+    signature: bytes
+
+
+def _split_members(header: str) -> list[str]:
+    """Split a structured-field dictionary at top-level commas (not inside quotes or brackets)."""
+    out, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(header):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+        elif not quoted and depth == 0 and ch == ",":
+            out.append(header[start:i])
+            start = i + 1
+    out.append(header[start:])
+    return [m for m in out if m.strip()]
+
+
+def parse_headers(headers: Mapping[str, str]) -> list[WireSignature]:
+    """The signatures a request carries; DomainError(bad_signature) when the headers are malformed."""
+    inputs_header = headers.get("signature-input")
+    sigs_header = headers.get("signature")
+    if not inputs_header and not sigs_header:
+        return []
+    if not inputs_header or not sigs_header:
+        raise DomainError("bad_signature", "Signature and Signature-Input headers come together")
+    inputs: dict[str, str] = {}
+    for member in _split_members(inputs_header):
+        m = _MEMBER.fullmatch(member)
+        if not m or m.group(1) in inputs:
+            raise DomainError("bad_signature", f"malformed Signature-Input member {member.strip()!r}")
+        inputs[m.group(1)] = m.group(2)
+    values: dict[str, bytes] = {}
+    for member in _split_members(sigs_header):
+        m = _SIG_MEMBER.fullmatch(member)
+        if not m or m.group(1) in values:
+            raise DomainError("bad_signature", f"malformed Signature member {member.strip()[:40]!r}")
+        try:
+            values[m.group(1)] = base64.b64decode(m.group(2), validate=True)
+        except ValueError:
+            raise DomainError("bad_signature", "a signature is not valid base64") from None
+    if set(inputs) != set(values):
+        raise DomainError("bad_signature", "Signature and Signature-Input name different labels")
+    if len(inputs) > MAX_SIGNATURES:
+        raise DomainError("bad_signature", f"at most {MAX_SIGNATURES} signatures per request")
+    out = []
+    for label, params in inputs.items():
+        inner = params[1:params.index(")")]
+        covered = tuple(c.strip('"') for c in inner.split()) if inner else ()
+        found = dict(re.findall(r';([a-z]+)=([0-9]+|"[^"\\]*")', params[params.index(")") + 1:]))
+        keyid = found.get("keyid", '""').strip('"')
+        tag = found.get("tag", '""').strip('"')
+        out.append(WireSignature(label, params, covered, keyid, tag, values[label]))
+    return out
+
+
+def base_for(sig: WireSignature, *, method: str, path: str, query: str,
+             digest_header: str | None) -> str:
+    """The signature base a wire signature covers, rebuilt from the request as received."""
+    values: dict[str, str] = {}
+    for component in sig.covered:
+        if component == "@method":
+            values[component] = method
+        elif component == "@path":
+            values[component] = path
+        elif component == "@query":
+            values[component] = "?" + query
+        elif component == "content-digest":
+            if digest_header is None:
+                raise DomainError("bad_signature", "the signature covers content-digest but the "
+                                  "request has no Content-Digest header")
+            values[component] = digest_header
+        else:
+            raise DomainError("bad_signature", f"the signature covers {component}, which this "
+                              "registry does not sign")
+    return signature_base(values, sig.params)
+
+
+# Client side ---------------------------------------------------------------------------------
+
+def sign_request(key: Ed25519PrivateKey, *, method: str, path: str, query: str = "",
+                 body: bytes | None = None, created: int,
+                 consents: list[Ed25519PrivateKey] | None = None) -> dict[str, str]:
+    """Headers for a signed request: Content-Digest (with a body), Signature-Input, Signature."""
+    kid = K.key_id(K.public_text(key))
+    headers: dict[str, str] = {}
+    inputs: list[str] = []
+    sigs: list[str] = []
+    if body is not None:
+        digest = content_digest(body)
+        headers["Content-Digest"] = digest
+        params = signature_params(ACTOR_COMPONENTS, created=created, keyid=kid,
+                                  nonce=secrets.token_urlsafe(16), tag=ACTOR_TAG)
+        values = {"@method": method, "@path": path, "content-digest": digest}
+    else:
+        params = signature_params(READ_COMPONENTS, created=created, keyid=kid,
+                                  nonce=secrets.token_urlsafe(16), tag=READ_TAG)
+        values = {"@method": method, "@path": path, "@query": "?" + query}
+    base = signature_base(values, params)
+    inputs.append(f"sig1={params}")
+    sigs.append(f"sig1=:{base64.b64encode(key.sign(base.encode())).decode()}:")
+    for i, consent_key in enumerate(consents or [], start=2):
+        assert body is not None
+        ckid = K.key_id(K.public_text(consent_key))
+        cparams = signature_params(CONSENT_COMPONENTS, created=created, keyid=ckid,
+                                   nonce=secrets.token_urlsafe(16), tag=CONSENT_TAG)
+        cbase = signature_base({"content-digest": headers["Content-Digest"]}, cparams)
+        inputs.append(f"sig{i}={cparams}")
+        sigs.append(f"sig{i}=:{base64.b64encode(consent_key.sign(cbase.encode())).decode()}:")
+    headers["Signature-Input"] = ", ".join(inputs)
+    headers["Signature"] = ", ".join(sigs)
+    return headers

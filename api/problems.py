@@ -1,0 +1,85 @@
+"""Errors as RFC 9457 problem details: the domain's stable code, its sentence, and its numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from domain.errors import CODES, DomainError
+
+PROBLEM_TYPE = "urn:carbon-ledger:error:"
+
+# The HTTP status of each domain error code; anything else a rule refuses is 422.
+STATUS: dict[str, int] = {
+    "invalid_argument": 400,
+    "non_canonical": 400,
+    "unsigned": 401,
+    "bad_signature": 401,
+    "unknown_key": 401,
+    "revoked_key": 401,
+    "key_not_yet_valid": 401,
+    "stale_signature": 401,
+    "replay": 401,
+    "not_authorized": 403,
+    "consent_missing": 403,
+    "unknown_participant": 404,
+    "unknown_project": 404,
+    "unknown_ticket": 404,
+    "unknown_pledge": 404,
+    "unknown_policy": 404,
+    "unknown_claim": 404,
+    "unknown_retirement": 404,
+    "unknown_trade": 404,
+    "unknown_checkpoint": 404,
+    "already_exists": 409,
+    "duplicate_command": 409,
+    "conflict": 409,
+    "batch_too_large": 413,
+    "payload_too_large": 413,
+}
+assert set(STATUS) <= set(CODES)
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "code", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string", "enum": sorted(CODES)},
+        "detail": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def status_of(code: str) -> int:
+    return STATUS.get(code, 422)
+
+
+def problem(code: str, detail: str, status: int | None = None, **extra: Any) -> JSONResponse:
+    status = status or status_of(code)
+    body = {"type": PROBLEM_TYPE + code, "title": CODES.get(code, code), "status": status,
+            "code": code, "detail": detail, **extra}
+    headers = {"WWW-Authenticate": 'Signature realm="carbon-ledger"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type="application/problem+json",
+                        headers=headers)
+
+
+def from_domain(error: DomainError) -> JSONResponse:
+    extra = {k: v for k, v in error.details.items() if k not in ("type", "title", "status", "detail")}
+    return problem(error.code, error.message, **extra)
+
+
+async def domain_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return from_domain(exc)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the problem responses a route may give."""
+    return {s: {"description": "a refusal, as RFC 9457 problem details",
+                "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
+            for s in statuses}

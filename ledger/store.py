@@ -1,11 +1,22 @@
-"""Where the events live: database URLs, and a recorder that validates what a command read.
+"""Where the events live: database URLs, and recorders that chain, serialise and checkpoint.
 
-`eventsourcing` version-checks only the aggregates a command writes. A command also *reads*
-aggregates whose state decides it (is the seller frozen? has the holder mandated this exchange?
-what are the offset limits?). To keep the log serialisable in its own order, the application
-passes the versions it read as `read_set`, and the recorder re-checks them inside the write
-transaction, after its inserts have taken the database's write lock: if any of them moved on,
-the transaction rolls back with StaleRead and the command is decided again.
+Two stores, one behaviour. Embedded SQLite (`sqlite:///path`) is the default; PostgreSQL
+(`postgresql://user@host:port/dbname`) is the production store. Both recorders:
+
+* give every record a contiguous log position and its chain value (ledger.records), computed
+  under the store's write lock from the head of the chain kept in a one-row table;
+* validate the command's *read set*: `eventsourcing` version-checks only the aggregates a
+  command writes, but a command is also decided by aggregates it only reads (is the seller
+  frozen? has the holder mandated this exchange? what are the offset limits?). The application
+  passes the versions it read, and the recorder re-checks them inside the write transaction
+  after taking the lock; if one moved on, the transaction rolls back with StaleRead and the
+  command is decided again. So the log is serialisable in its own order;
+* keep signed checkpoints and witness cosignatures beside the log.
+
+PostgreSQL runs through `eventsourcing`'s persistence with POSTGRES_ENABLE_DB_FUNCTIONS left
+off: every insert transaction takes `LOCK TABLE … IN EXCLUSIVE MODE`, so commit order is log
+order. Positions are assigned from the chain head under that lock (not from the sequence), so a
+failed insert leaves no gap.
 """
 
 from __future__ import annotations
@@ -14,11 +25,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
+from psycopg.sql import SQL, Identifier
 
 from ledger import merkle
 from ledger.records import GENESIS_CHAIN, Record, next_chain, record_bytes
@@ -27,6 +40,18 @@ DEFAULT_DB = "sqlite:///var/registry.db"
 ENV_DB = "CARBON_LEDGER_DB"
 
 ReadSet = Sequence[tuple[UUID, int]]
+
+# Settings a PostgreSQL URL may carry as query parameters, and the eventsourcing names they set.
+PG_OPTIONS = {
+    "schema": "POSTGRES_SCHEMA",
+    "pool_size": "POSTGRES_POOL_SIZE",
+    "max_overflow": "POSTGRES_MAX_OVERFLOW",
+    "connect_timeout": "POSTGRES_CONNECT_TIMEOUT",
+    "lock_timeout": "POSTGRES_LOCK_TIMEOUT",
+    "idle_in_transaction_session_timeout": "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT",
+    "max_waiting": "POSTGRES_MAX_WAITING",
+    "conn_max_age": "POSTGRES_CONN_MAX_AGE",
+}
 
 
 class StaleRead(IntegrityError):
@@ -42,12 +67,14 @@ def sqlite_path(url: str) -> str | None:
     parsed = urlparse(url)
     if parsed.scheme != "sqlite":
         return None
-    path = unquote(parsed.path)
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else unquote(parsed.path)
     if path in ("", ":memory:"):
         return ":memory:"
     return path
+
+
+def is_postgres(url: str) -> bool:
+    return urlparse(url).scheme in ("postgresql", "postgres")
 
 
 def environment(url: str) -> dict[str, str]:
@@ -64,122 +91,220 @@ def environment(url: str) -> dict[str, str]:
             "SQLITE_LOCK_TIMEOUT": "30",
             "APPLICATION_RECORDER_TOPIC": "ledger.store:LedgerSQLiteRecorder",
         }
-    scheme = urlparse(url).scheme
-    if scheme in ("postgresql", "postgres"):
-        raise ValueError("PostgreSQL support comes with the production-store issue; use sqlite:///PATH")
-    raise ValueError(f"unsupported database URL {url!r}; use sqlite:///PATH")
+    if is_postgres(url):
+        parsed = urlparse(url)
+        dbname = unquote(parsed.path.lstrip("/"))
+        if not dbname or not parsed.hostname:
+            raise ValueError(f"a PostgreSQL URL names a host and a database: {url!r}")
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parsed.hostname,
+            "POSTGRES_PORT": str(parsed.port or 5432),
+            "POSTGRES_USER": unquote(parsed.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parsed.password or ""),
+            "POSTGRES_LOCK_TIMEOUT": "30",
+            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "30",
+            "POSTGRES_POOL_SIZE": "5",
+            "POSTGRES_MAX_OVERFLOW": "10",
+            "APPLICATION_RECORDER_TOPIC": "ledger.store:LedgerPostgresRecorder",
+        }
+        for key, values in parse_qs(parsed.query).items():
+            if key not in PG_OPTIONS:
+                raise ValueError(f"unknown PostgreSQL URL option {key!r}; known: "
+                                 f"{', '.join(sorted(PG_OPTIONS))}")
+            env[PG_OPTIONS[key]] = values[-1]
+        return env
+    raise ValueError(f"unsupported database URL {url!r}; use sqlite:///PATH or "
+                     "postgresql://USER@HOST:PORT/DBNAME")
 
 
-class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
-    """SQLite recorder with a global hash chain, read-set validation and signed checkpoints.
+class LedgerTables:
+    """What both recorders add to `eventsourcing`'s: the chain, the read set, checkpoints."""
 
-    Each row carries `chain`, its position's chain value (see ledger.records). The head of the
-    chain is kept in a one-row table that every write transaction updates first: that takes
-    SQLite's write lock before anything is read, so chain values are computed from the true
-    predecessor even when several processes write to one file.
-    """
+    P = "?"  # the driver's placeholder
+    POS = "rowid"  # the column that holds the log position
+
+    events_table_name: str
+    datastore: Any
+
+    def _t(self, name: str) -> str:
+        return name
+
+    def _oid(self, originator_id: UUID) -> Any:
+        return originator_id.hex
+
+    def _uuid(self, value: Any) -> UUID:
+        return value if isinstance(value, UUID) else UUID(value)
+
+    def _lock(self, c: Any) -> None:
+        """Take the store's write lock before reading the head of the chain."""
+
+    def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet) -> list[int]:
+        P, head = self.P, self._t("ledger_head")
+        self._lock(c)
+        c.execute(f"SELECT size, chain FROM {head} WHERE id = 1")
+        row = c.fetchone()
+        if row is None:
+            size, chain = 0, GENESIS_CHAIN
+            c.execute(f"INSERT INTO {head} (id, size, chain) VALUES (1, 0, {P})", (GENESIS_CHAIN,))
+        else:
+            size, chain = row["size"], bytes(row["chain"])
+        rows = []
+        ids = []
+        for s in stored_events:
+            size += 1
+            chain = next_chain(chain, merkle.leaf_hash(
+                record_bytes(s.originator_id, s.originator_version, s.topic, s.state)))
+            rows.append((self._oid(s.originator_id), s.originator_version, s.topic, s.state, size,
+                         chain))
+            ids.append(size)
+        c.executemany(
+            f"INSERT INTO {self._t(self.events_table_name)} (originator_id, originator_version, "
+            f"topic, state, {self.POS}, chain) VALUES ({P}, {P}, {P}, {P}, {P}, {P})", rows)
+        c.execute(f"UPDATE {head} SET size = {P}, chain = {P} WHERE id = 1", (size, chain))
+        for aggregate_id, version in read_set:
+            c.execute(f"SELECT MAX(originator_version) AS v FROM {self._t(self.events_table_name)} "
+                      f"WHERE originator_id = {P}", (self._oid(aggregate_id),))
+            found = c.fetchone()
+            current = found["v"] if found and found["v"] is not None else 0
+            if current != version:
+                raise StaleRead(f"aggregate {aggregate_id} moved from version {version} to {current}")
+        return ids
+
+    def ledger_statements(self, blob: str) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self._t('ledger_head')} ("
+            f"id INTEGER PRIMARY KEY CHECK (id = 1), size BIGINT NOT NULL, chain {blob} NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self._t('checkpoints')} ("
+            f"size BIGINT PRIMARY KEY, body {blob} NOT NULL, signature {blob} NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self._t('cosignatures')} ("
+            f"size BIGINT NOT NULL, witness TEXT NOT NULL, key_id TEXT NOT NULL, "
+            f"signature {blob} NOT NULL, PRIMARY KEY (size, witness))",
+        ]
+
+    # Reading the log as records -------------------------------------------------------------
+
+    def select_records(self, start: int, limit: int, stop: int | None = None) -> list[Record]:
+        """Records with positions >= start (and <= stop), in log order, with their chain values."""
+        P = self.P
+        sql = (f"SELECT {self.POS} AS position, originator_id, originator_version, topic, state, "
+               f"chain FROM {self._t(self.events_table_name)} WHERE {self.POS} >= {P}")
+        params: list[Any] = [start]
+        if stop is not None:
+            sql += f" AND {self.POS} <= {P}"
+            params.append(stop)
+        sql += f" ORDER BY {self.POS} LIMIT {P}"
+        params.append(limit)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return [Record(r["position"], self._uuid(r["originator_id"]), r["originator_version"],
+                           r["topic"], bytes(r["state"]), bytes(r["chain"] or b""))
+                    for r in c.fetchall()]
+
+    def head(self) -> tuple[int, bytes]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
+            row = c.fetchone()
+        return (row["size"], bytes(row["chain"])) if row else (0, GENESIS_CHAIN)
+
+    # Checkpoints ------------------------------------------------------------------------------
+
+    def insert_checkpoint(self, size: int, body: bytes, signature: bytes) -> None:
+        P = self.P
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"INSERT INTO {self._t('checkpoints')} (size, body, signature) "
+                      f"VALUES ({P}, {P}, {P})", (size, body, signature))
+
+    def select_checkpoints(self, after: int = -1) -> list[tuple[int, bytes, bytes]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT size, body, signature FROM {self._t('checkpoints')} "
+                      f"WHERE size > {self.P} ORDER BY size", (after,))
+            return [(r["size"], bytes(r["body"]), bytes(r["signature"])) for r in c.fetchall()]
+
+    def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT size, body, signature FROM {self._t('checkpoints')} "
+                      "ORDER BY size DESC LIMIT 1")
+            r = c.fetchone()
+        return (r["size"], bytes(r["body"]), bytes(r["signature"])) if r else None
+
+    def insert_cosignature(self, size: int, witness: str, key_id: str, signature: bytes) -> None:
+        P, table = self.P, self._t("cosignatures")
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"DELETE FROM {table} WHERE size = {P} AND witness = {P}", (size, witness))
+            c.execute(f"INSERT INTO {table} (size, witness, key_id, signature) "
+                      f"VALUES ({P}, {P}, {P}, {P})", (size, witness, key_id, signature))
+
+    def select_cosignatures(self, size: int | None = None) -> list[tuple[int, str, str, bytes]]:
+        sql = f"SELECT size, witness, key_id, signature FROM {self._t('cosignatures')}"
+        params: tuple[Any, ...] = ()
+        if size is not None:
+            sql += f" WHERE size = {self.P}"
+            params = (size,)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql + " ORDER BY size, witness", params)
+            return [(r["size"], r["witness"], r["key_id"], bytes(r["signature"]))
+                    for r in c.fetchall()]
+
+
+class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
+    """The embedded store. Every write transaction first updates the chain head's row, which
+    takes SQLite's write lock before anything is read, even with several processes on one file."""
 
     def construct_create_table_statements(self) -> list[str]:
         return [
             f"CREATE TABLE IF NOT EXISTS {self.events_table_name} ("
             "originator_id TEXT, originator_version INTEGER, topic TEXT, state BLOB, chain BLOB, "
             "PRIMARY KEY (originator_id, originator_version))",
-            "CREATE TABLE IF NOT EXISTS ledger_head ("
-            "id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, chain BLOB NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS checkpoints ("
-            "size INTEGER PRIMARY KEY, body BLOB NOT NULL, signature BLOB NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS cosignatures ("
-            "size INTEGER NOT NULL, witness TEXT NOT NULL, key_id TEXT NOT NULL, "
-            "signature BLOB NOT NULL, PRIMARY KEY (size, witness))",
+            *self.ledger_statements("BLOB"),
         ]
+
+    def _lock(self, c: Any) -> None:
+        c.execute("UPDATE ledger_head SET size = size WHERE id = 1")
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
-        c.execute("INSERT OR IGNORE INTO ledger_head (id, size, chain) VALUES (1, 0, ?)",
-                  (GENESIS_CHAIN,))
-        c.execute("UPDATE ledger_head SET size = size WHERE id = 1")  # take the write lock first
-        c.execute("SELECT size, chain FROM ledger_head WHERE id = 1")
-        row = c.fetchone()
-        size, chain = row[0], bytes(row[1])
-        ids = []
-        for s in stored_events:
-            leaf = merkle.leaf_hash(record_bytes(s.originator_id, s.originator_version, s.topic,
-                                                 s.state))
-            chain = next_chain(chain, leaf)
-            c.execute(
-                f"INSERT INTO {self.events_table_name} "
-                "(originator_id, originator_version, topic, state, chain) VALUES (?,?,?,?,?)",
-                (s.originator_id.hex, s.originator_version, s.topic, s.state, chain),
-            )
-            ids.append(c.lastrowid)
-            size += 1
-        if ids and ids[-1] != size:
-            raise AssertionError(f"log positions are not contiguous: wrote {ids[-1]}, expected {size}")
-        c.execute("UPDATE ledger_head SET size = ?, chain = ? WHERE id = 1", (size, chain))
-        read_set: ReadSet = kwargs.get("read_set") or ()
-        for aggregate_id, version in read_set:
-            c.execute(
-                f"SELECT MAX(originator_version) FROM {self.events_table_name} WHERE originator_id=?",
-                (aggregate_id.hex,),
-            )
-            row = c.fetchone()
-            current = row[0] if row and row[0] is not None else 0
-            if current != version:
-                raise StaleRead(f"aggregate {aggregate_id} moved from version {version} to {current}")
-        return ids
+        return self._append(c, stored_events, kwargs.get("read_set") or ())
 
-    # Reading the log as records -------------------------------------------------------------
 
-    def select_records(self, start: int, limit: int, stop: int | None = None) -> list[Record]:
-        """Records with positions >= start (and <= stop), in log order, with their chain values."""
-        sql = (f"SELECT rowid, originator_id, originator_version, topic, state, chain "
-               f"FROM {self.events_table_name} WHERE rowid >= ?")
-        params: list[Any] = [start]
-        if stop is not None:
-            sql += " AND rowid <= ?"
-            params.append(stop)
-        sql += " ORDER BY rowid LIMIT ?"
-        params.append(limit)
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(sql, params)
-            return [Record(r[0], UUID(r[1]), r[2], r[3], bytes(r[4]), bytes(r[5] or b""))
-                    for r in c.fetchall()]
+class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
+    """The production store: the same behaviour under PostgreSQL's table lock."""
 
-    def head(self) -> tuple[int, bytes]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT size, chain FROM ledger_head WHERE id = 1")
-            row = c.fetchone()
-        return (row[0], bytes(row[1])) if row else (0, GENESIS_CHAIN)
+    P = "%s"
+    POS = "notification_id"
 
-    # Checkpoints ------------------------------------------------------------------------------
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.sql_create_statements[self.create_table_statement_index] = SQL(
+            "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
+            "originator_id uuid NOT NULL, originator_version bigint NOT NULL, topic text, "
+            "state bytea, notification_id bigint NOT NULL, chain bytea NOT NULL, "
+            "PRIMARY KEY (originator_id, originator_version))"
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        self.sql_create_statements.extend(SQL(s) for s in self.ledger_statements("bytea"))  # type: ignore[arg-type]
 
-    def insert_checkpoint(self, size: int, body: bytes, signature: bytes) -> None:
+    def _t(self, name: str) -> str:
+        return f'"{self.datastore.schema}"."{name}"'
+
+    def _oid(self, originator_id: UUID) -> Any:
+        return originator_id
+
+    def create_table(self) -> None:
         with self.datastore.transaction(commit=True) as c:
-            c.execute("INSERT INTO checkpoints (size, body, signature) VALUES (?,?,?)",
-                      (size, body, signature))
+            c.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(
+                Identifier(self.datastore.schema)))
+        super().create_table()
 
-    def select_checkpoints(self, after: int = -1) -> list[tuple[int, bytes, bytes]]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT size, body, signature FROM checkpoints WHERE size > ? ORDER BY size",
-                      (after,))
-            return [(r[0], bytes(r[1]), bytes(r[2])) for r in c.fetchall()]
+    def _lock(self, c: Any) -> None:
+        self._lock_table(c)
+        self._notify_channel(c)
 
-    def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT size, body, signature FROM checkpoints ORDER BY size DESC LIMIT 1")
-            r = c.fetchone()
-        return (r[0], bytes(r[1]), bytes(r[2])) if r else None
-
-    def insert_cosignature(self, size: int, witness: str, key_id: str, signature: bytes) -> None:
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        if not stored_events:
+            return []
         with self.datastore.transaction(commit=True) as c:
-            c.execute("INSERT OR REPLACE INTO cosignatures (size, witness, key_id, signature) "
-                      "VALUES (?,?,?,?)", (size, witness, key_id, signature))
+            return self._append(c, stored_events, kwargs.get("read_set") or ())
 
-    def select_cosignatures(self, size: int | None = None) -> list[tuple[int, str, str, bytes]]:
-        with self.datastore.transaction(commit=False) as c:
-            if size is None:
-                c.execute("SELECT size, witness, key_id, signature FROM cosignatures ORDER BY size")
-            else:
-                c.execute("SELECT size, witness, key_id, signature FROM cosignatures WHERE size = ?",
-                          (size,))
-            return [(r[0], r[1], r[2], bytes(r[3])) for r in c.fetchall()]
+    def max_notification_id(self) -> int | None:
+        return self.head()[0]

@@ -1,7 +1,15 @@
-"""Shared fixtures: a fresh SQLite-file registry per test, and one loaded with the demo story."""
+"""Shared fixtures: registries on both stores, and one loaded with the demo story.
+
+`registry` runs each test twice: on an SQLite file and on PostgreSQL. A test session creates its
+own PostgreSQL database (each test gets its own schema in it) and drops it at the end. When no
+PostgreSQL server answers, the PostgreSQL half is skipped with the reason — except under
+CI=true, where an unreachable server fails the run.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,19 +19,60 @@ from ledger import demo
 from ledger.application import Registry
 from ledger.keys import Keyring
 
+PG_ADMIN_URL = os.environ.get("CARBON_LEDGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
 
 def load_demo(app: Registry) -> None:
     demo.load(app)
 
 
+def _pg_unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"PostgreSQL is required under CI=true but {reason}", pytrace=False)
+    pytest.skip(f"PostgreSQL tests skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database of this test session's own, dropped afterwards; yields its URL."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        _pg_unavailable("psycopg is not installed")
+    name = f"carbon_ledger_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as e:
+        _pg_unavailable(f"no server answers at {PG_ADMIN_URL} ({str(e).strip().splitlines()[0]})")
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
+    """An SQLite file (for tests that open the file itself)."""
     return f"sqlite:///{tmp_path / 'registry.db'}"
 
 
 @pytest.fixture
-def registry(db_url: str) -> Iterator[Registry]:
-    app = Registry(db_url, keyring=Keyring())
+def pg_url(pg_database: str) -> str:
+    """A fresh schema in the session's PostgreSQL database."""
+    return f"{pg_database}?schema=t_{secrets.token_hex(6)}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def registry(store_url: str) -> Iterator[Registry]:
+    app = Registry(store_url, keyring=Keyring())
     yield app
     app.close()
 

@@ -22,6 +22,7 @@ from ledger.audit import AuditReport, audit_database, audit_export, export
 from ledger.checkpoints import checkpoint_json, witness
 from ledger.keys import Keyring, default_keys_dir, public_text, write_private
 from ledger.keys import generate as generate_key
+from ledger.operations import backup, migrate, restore
 from ledger.projections import Progress as ProjectionProgress
 from ledger.proofs import ProofError, verify_bundle
 from ledger.proofs import bundle as proof_bundle
@@ -454,6 +455,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    source = Registry(args.source)
+    target = Registry(args.target)
+    bar, update = _audit_progress("migrating")
+    with bar:
+        result = migrate(source, target, update)
+    report = audit_database(target.recorder, _genesis_key(source), args.workers)
+    result["verified"] = report.ok
+    if args.json:
+        _print_json({**result, "audit": report.to_dict()})
+    else:
+        out.print(f"copied {result['records']:,} records, {result['checkpoints']} checkpoints and "
+                  f"{result['cosignatures']} cosignatures from {source.url} to {target.url}; "
+                  f"root {result['root']} on both")
+    if not report.ok:
+        return _print_audit(report, False)
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    result = backup(db_url(args.db), Path(args.file))
+    _print_json(result) if args.json else out.print(
+        f"backed up {db_url(args.db)} to {result['file']} ({result['bytes']:,} bytes, {result['kind']})")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    result = restore(Path(args.file), db_url(args.db))
+    _print_json(result) if args.json else out.print(f"restored {args.file} into {result['db']}; "
+                                                    "run verify")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Execute one command given as JSON: {"command", "actor", "command_id", "args"}."""
     raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
@@ -575,6 +609,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--operator-key", required=True, help="the operator's public key (pinned)")
     p.set_defaults(func=cmd_verify_proof)
+
+    p = sub.add_parser("migrate", parents=[reads, workers],
+                       help="copy a registry to another store, then verify the copy")
+    p.add_argument("--from", dest="source", required=True, help="source database URL")
+    p.add_argument("--to", dest="target", required=True, help="target database URL (empty)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("backup", parents=[common, reads], help="back up a live registry to FILE")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", parents=[common, reads], help="restore FILE into --db (new/empty)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("serve", parents=[common], help="serve the HTTP API (uvicorn)")
     p.add_argument("--host", default="127.0.0.1")

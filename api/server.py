@@ -61,6 +61,7 @@ ENV_KEYS = "CARBON_LEDGER_KEYS"
 MAX_LOG_PAGE = 1000
 NONCE_MEMORY = 100_000
 CHECKPOINT_POLL_S = 0.5
+FOLLOW_POLL_S = 1.0
 
 
 _COMMAND_SCHEMA: dict[str, Any] = {
@@ -148,14 +149,18 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             state["registry"] = Registry(url, keyring=Keyring(keys), auto_checkpoint=False)
             state["owned"] = True
         stop = threading.Event()
-        thread = threading.Thread(target=_checkpoint_loop, args=(reg(), stop), daemon=True,
-                                  name="checkpointer")
-        thread.start()
+        threads = [threading.Thread(target=_checkpoint_loop, args=(reg(), stop), daemon=True,
+                                    name="checkpointer"),
+                   threading.Thread(target=_follow_loop, args=(reg(), stop), daemon=True,
+                                    name="projection-follower")]
+        for thread in threads:
+            thread.start()
         try:
             yield
         finally:
             stop.set()
-            thread.join(timeout=5)
+            for thread in threads:
+                thread.join(timeout=5)
             if state.get("owned"):
                 reg().close()
 
@@ -523,6 +528,35 @@ def _checkpoint_loop(registry: Registry, stop: threading.Event) -> None:
             registry.maybe_checkpoint()
         except Exception:  # noqa: BLE001 - a failed checkpoint is retried at the next tick
             time.sleep(CHECKPOINT_POLL_S)
+
+
+def _follow_loop(registry: Registry, stop: threading.Event) -> None:
+    """Keep this worker's projections caught up with writes from every worker.
+
+    On PostgreSQL it LISTENs for the store's notifications; a NOTIFY can be lost, so it also
+    polls every FOLLOW_POLL_S. Reads catch up by themselves too: this only keeps them fast.
+    """
+    recorder = registry.recorder
+    channel = getattr(recorder, "channel_name", None)
+    while not stop.is_set():
+        try:
+            if channel is not None:
+                with recorder.datastore.get_connection() as conn:
+                    conn.autocommit = True
+                    conn.execute(f'LISTEN "{channel}"')
+                    try:
+                        while not stop.is_set():
+                            for _ in conn.notifies(timeout=FOLLOW_POLL_S, stop_after=1):
+                                pass
+                            registry.projection()
+                    finally:
+                        conn.execute(f'UNLISTEN "{channel}"')
+                        conn.autocommit = False
+            else:
+                while not stop.wait(FOLLOW_POLL_S):
+                    registry.projection()
+        except Exception:  # noqa: BLE001 - the store went away for a moment: try again
+            stop.wait(FOLLOW_POLL_S)
 
 
 def _jsonable(value: Any) -> Any:

@@ -125,8 +125,19 @@ class Checkpointer:
         return (size - self._last_size >= INTERVAL_EVENTS
                 or time.monotonic() - self._last_time >= INTERVAL_S)
 
-    def make(self) -> tuple[Checkpoint, bytes]:
-        """Sign a checkpoint at the current size (or return the one already signed there)."""
+    def make(self) -> tuple[Checkpoint, bytes] | None:
+        """Sign a checkpoint at the current size (or return the one already signed there).
+
+        Only one process signs at a time (a lock in the store); when another holds it, this
+        returns the latest checkpoint, or None when there is none yet.
+        """
+        with self.app.recorder.signer_lock() as held:
+            if held:
+                return self._make()
+        latest = self.app.recorder.latest_checkpoint()
+        return (Checkpoint.parse(latest[1]), latest[2]) if latest else None
+
+    def _make(self) -> tuple[Checkpoint, bytes]:
         app = self.app
         projection = app.projection()
         genesis = projection.genesis

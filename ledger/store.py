@@ -21,8 +21,11 @@ failed insert leaves no gap.
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -210,6 +213,12 @@ class LedgerTables:
 
     # Checkpoints ------------------------------------------------------------------------------
 
+    @contextmanager
+    def signer_lock(self) -> Iterator[bool]:
+        """Held by the one process that may sign checkpoints now; yields False when another has it."""
+        raise NotImplementedError
+        yield False
+
     def insert_checkpoint(self, size: int, body: bytes, signature: bytes) -> None:
         P = self.P
         with self.datastore.transaction(commit=True) as c:
@@ -263,6 +272,30 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
     def _lock(self, c: Any) -> None:
         c.execute("UPDATE ledger_head SET size = size WHERE id = 1")
 
+    _memory_signer = threading.Lock()
+
+    @contextmanager
+    def signer_lock(self) -> Iterator[bool]:
+        name = self.datastore.pool.db_name
+        if self.datastore.pool.is_sqlite_memory_mode:
+            held = self._memory_signer.acquire(blocking=False)
+            try:
+                yield held
+            finally:
+                if held:
+                    self._memory_signer.release()
+            return
+        with open(f"{name}.signer.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
         return self._append(c, stored_events, kwargs.get("read_set") or ())
@@ -308,3 +341,19 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
 
     def max_notification_id(self) -> int | None:
         return self.head()[0]
+
+    SIGNER_LOCK_KEY = 0x636C6564  # an advisory-lock id of our own ("cled")
+
+    @contextmanager
+    def signer_lock(self) -> Iterator[bool]:
+        with self.datastore.get_connection() as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s) AS held",
+                               (self.SIGNER_LOCK_KEY,)).fetchone()
+            conn.commit()
+            held = bool(row["held"])
+            try:
+                yield held
+            finally:
+                if held:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (self.SIGNER_LOCK_KEY,))
+                    conn.commit()

@@ -488,6 +488,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """Rotate a participant's key with the keys in --keys: a new key is made, countersigns, and
+    replaces the old file (kept as <id>.key.N.old)."""
+    app = _open(args)
+    actor = args.actor or args.participant
+    outcome = app.submit("rotate_key", actor, args.command_id or f"rotate/{args.participant}/"
+                         f"{int(time.time())}", {"participant_id": args.participant})
+    _print_json(outcome) if args.json else out.print(
+        f"{args.participant}'s key is now {outcome['key_id']} (was {outcome['old_key_id']})")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Execute one command given as JSON: {"command", "actor", "command_id", "args"}."""
     raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
@@ -630,6 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("rotate-key", parents=[common, reads],
+                       help="rotate a participant's key (signed by the old key, or the operator's)")
+    p.add_argument("participant")
+    p.add_argument("--as", dest="actor", default=None,
+                   help="sign as this participant instead (the operator, when the key is lost)")
+    p.add_argument("--command-id", default=None)
+    p.set_defaults(func=cmd_rotate_key)
 
     p = sub.add_parser("submit", parents=[common],
                        help="execute a command given as JSON (file or - for stdin)")

@@ -36,6 +36,8 @@ STATUS: dict[str, int] = {
     "already_exists": 409,
     "duplicate_command": 409,
     "conflict": 409,
+    "log_inconsistent": 409,
+    "operation_failed": 500,
     "batch_too_large": 413,
     "payload_too_large": 413,
 }

@@ -16,10 +16,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -59,6 +59,7 @@ from ledger.store import db_url
 
 ENV_KEYS = "CARBON_LEDGER_KEYS"
 MAX_LOG_PAGE = 1000
+MAX_POSITION = 2**53  # far beyond any log; bounds every position a query may name
 NONCE_MEMORY = 100_000
 CHECKPOINT_POLL_S = 0.5
 FOLLOW_POLL_S = 1.0
@@ -145,7 +146,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if state["registry"] is None:
             url = db_url(None)
-            keys = Path(os.environ[ENV_KEYS]) if os.environ.get(ENV_KEYS) else default_keys_dir(url)
+            keys = (FilePath(os.environ[ENV_KEYS]) if os.environ.get(ENV_KEYS)
+                    else default_keys_dir(url))
             state["registry"] = Registry(url, keyring=Keyring(keys), auto_checkpoint=False)
             state["owned"] = True
         stop = threading.Event()
@@ -183,7 +185,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "invalid_argument" if exc.status_code < 500 else "conflict"
+        code = "invalid_argument" if exc.status_code < 500 else "operation_failed"
         return problem(code, str(exc.detail), status=exc.status_code)
 
     @app.middleware("http")
@@ -217,7 +219,10 @@ def create_app(registry: Registry | None = None) -> FastAPI:
                           query=request.url.query, digest_header=None)
         params = parse_base(base).params
         now = reg().clock()
-        if not now - WINDOW_PAST_S <= params.get("created", 0) <= now + WINDOW_FUTURE_S:
+        created = params.get("created")
+        if not isinstance(created, int) or not params.get("nonce"):
+            raise DomainError("bad_signature", "a signed read needs integer created and a nonce")
+        if not now - WINDOW_PAST_S <= created <= now + WINDOW_FUTURE_S:
             raise DomainError("stale_signature", "the read's signature is outside the accepted window")
         if not verify(public, sig.signature, base.encode()):
             raise DomainError("bad_signature", f"the read's signature by {owner} does not verify")
@@ -341,7 +346,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.get("/v1/tickets/{ticket_no}", summary="A ticket's supply and serial blocks (public)",
              responses=read_responses)
-    def get_ticket(ticket_no: str, as_of: int | None = Query(None, ge=0)) -> dict[str, Any]:
+    def get_ticket(ticket_no: str, as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
         return reg().projection(as_of=as_of).ticket(ticket_no)
 
     @app.get("/v1/tickets/{ticket_no}/history", summary="Every event of a ticket (public)",
@@ -372,7 +377,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/accounts/{holder}/balances", summary="A holder's balances",
              responses=read_responses)
     def get_balances(request: Request, holder: str,
-                     as_of: int | None = Query(None, ge=0)) -> dict[str, Any]:
+                     as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
         caller = caller_of(request)
         projection = reg().projection(as_of=as_of)
         view = projection.balances(holder)
@@ -454,7 +459,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.get("/v1/log", summary="Log records with their chain values (regulators)",
              responses=read_responses)
-    def get_log(request: Request, after: int = Query(0, ge=0),
+    def get_log(request: Request, after: int = Query(0, ge=0, le=MAX_POSITION),
                 limit: int = Query(100, ge=1, le=MAX_LOG_PAGE)) -> dict[str, Any]:
         caller = caller_of(request)
         require(caller, caller.regulator, "the log")
@@ -476,7 +481,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.get("/v1/proofs/inclusion", summary="RFC 9162 inclusion proof of a record (public)",
              responses=read_responses)
-    def get_inclusion(position: int = Query(..., ge=1), size: int = Query(..., ge=1)) -> dict[str, Any]:
+    def get_inclusion(position: int = Query(..., ge=1, le=MAX_POSITION),
+                      size: int = Query(..., ge=1, le=MAX_POSITION)) -> dict[str, Any]:
         if position > size:
             raise DomainError("invalid_argument", f"position {position} is beyond size {size}")
         tree = reg().log_tree(size)
@@ -487,7 +493,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.get("/v1/proofs/consistency", summary="RFC 9162 consistency proof (public)",
              responses=read_responses)
-    def get_consistency(first: int = Query(..., ge=0), second: int = Query(..., ge=1)) -> dict[str, Any]:
+    def get_consistency(first: int = Query(..., ge=0, le=MAX_POSITION),
+                        second: int = Query(..., ge=1, le=MAX_POSITION)) -> dict[str, Any]:
         if first > second:
             raise DomainError("invalid_argument", f"first ({first}) is beyond second ({second})")
         tree = reg().log_tree(second)
@@ -497,7 +504,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.post("/v1/checkpoints/{size}/cosignatures", summary="Upload a witness cosignature",
               responses={**responses(400, 401, 403, 404, 409), **ok})
-    async def post_cosignature(request: Request, size: int) -> dict[str, Any]:
+    async def post_cosignature(request: Request,
+                               size: int = Path(..., ge=1, le=MAX_POSITION)) -> dict[str, Any]:
         body = await request.body()
         data = parse_canonical(body)
         if not isinstance(data, dict) or set(data) != {"witness", "key_id", "signature"}:

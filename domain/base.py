@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -10,9 +11,22 @@ from eventsourcing.domain import Aggregate
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:carbon-ledger:registry")
 
 
+@lru_cache(maxsize=100_000)
 def aggregate_id(kind: str, *key: str) -> UUID:
     """Deterministic aggregate ids, so that a natural key maps to one stream and duplicates collide."""
     return uuid5(NAMESPACE, "/".join((kind, *key)))
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, list):
+        if value and isinstance(value[0], tuple):
+            return list(value)
+        return [_clone(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, set):
+        return set(value)
+    return value
 
 
 class LedgerAggregate(Aggregate):
@@ -22,6 +36,14 @@ class LedgerAggregate(Aggregate):
 
     class Created(Event, Aggregate.Created):
         pass
+
+    def fork(self) -> LedgerAggregate:
+        """A copy that a command may change without touching this one (much cheaper than
+        deepcopy: values are str/int/bool or containers of them; tuples are immutable)."""
+        twin = object.__new__(type(self))
+        twin.__dict__ = {k: _clone(v) for k, v in self.__dict__.items()}
+        twin.__dict__["_pending_events"] = []
+        return twin
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the aggregate's state breaks a rule that must always hold."""

@@ -152,18 +152,18 @@ def _area(value: Any, name: str) -> str:
     return V.area_mu(value, name)
 
 
-_PUBLIC_KEY = re.compile(r"^ed25519:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+_PUBLIC_KEY = re.compile(r"ed25519:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 
 
 def _public_key(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not _PUBLIC_KEY.match(value):
+    if not isinstance(value, str) or not _PUBLIC_KEY.fullmatch(value):
         raise invalid(f"{name} must be an Ed25519 public key like 'ed25519:<base64 of 32 bytes>'",
                       field=name)
     return value
 
 
 def _key_id(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not re.match(r"^[0-9a-f]{32}$", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
         raise invalid(f"{name} must be a key id of 32 lower-case hex digits", field=name)
     return value
 
@@ -239,7 +239,12 @@ def _transfer_items(value: Any, name: str) -> list[dict[str, Any]]:
         raise DomainError("batch_too_large",
                           f"a batch holds at most {MAX_BATCH} transfers; this one has {len(value)}",
                           limit=MAX_BATCH, size=len(value))
-    items = [_parse_fields(v, _TRANSFER_ITEM, f"{name}[{i}]") for i, v in enumerate(value)]
+    items = []
+    for i, v in enumerate(value):
+        try:
+            items.append(_parse_fields(v, _TRANSFER_ITEM, f"{name}[{i}]"))
+        except DomainError as e:
+            raise DomainError(e.code, f"{name}[{i}]: {e.message}", index=i, **e.details) from None
     seen: set[str] = set()
     for i, item in enumerate(items):
         if item["trade_id"] in seen:
@@ -306,9 +311,9 @@ assert set(PERMISSIONS) == set(Command.SPECS), set(Command.SPECS) ^ set(PERMISSI
 
 def check_permission(name: str, actor: str, role: str) -> None:
     if role not in PERMISSIONS[name]:
-        allowed = " or ".join(sorted(PERMISSIONS[name]))
-        raise DomainError("not_authorized", f"{actor} is a {role}; only a {allowed} may {name.replace('_', ' ')}",
-                          actor=actor, role=role, command=name)
+        allowed = " or ".join(V.a(r) for r in sorted(PERMISSIONS[name]))
+        raise DomainError("not_authorized", f"{actor} is {V.a(role)}; only {allowed} may "
+                          f"{name.replace('_', ' ')}", actor=actor, role=role, command=name)
 
 
 def _parse_fields(data: Any, spec: dict[str, Parser], where: str) -> dict[str, Any]:

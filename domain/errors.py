@@ -48,6 +48,9 @@ CODES: dict[str, str] = {
     "unknown_checkpoint": "no signed checkpoint matches",
     "consent_missing": "a party whose consent the command needs has not signed it",
     "conflict": "concurrent writes kept conflicting; retry the command",
+    "log_inconsistent": "the log does not extend what was signed or witnessed before: do not retry, "
+    "investigate",
+    "operation_failed": "an operation on the store (backup, restore, migration) did not complete",
 }
 
 

@@ -78,6 +78,13 @@ class Policy(LedgerAggregate):
             )
 
     def check_settlement(self, approved_t: int, payout_fen: int, physical: bool) -> None:
+        if not physical and approved_t > self.covered_t:
+            raise DomainError(
+                "cover_exceeded",
+                f"policy {self.policy_id} covers {self.covered_t} t; the approval asks for "
+                f"{approved_t} t", policy_id=self.policy_id, covered_t=self.covered_t,
+                approved_t=approved_t,
+            )
         if physical and approved_t > self.still_covered_t:
             raise DomainError(
                 "cover_exceeded",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from domain.base import LedgerAggregate, aggregate_id
 from domain.errors import DomainError
-from domain.values import Role
+from domain.values import Role, a
 
 
 class Participant(LedgerAggregate):
@@ -19,12 +22,16 @@ class Participant(LedgerAggregate):
         public_key: str
         key_id: str
 
-    def __init__(self, participant_id: str, name: str, role: str, public_key: str, key_id: str) -> None:
+    def __init__(self, participant_id: str, name: str, role: str, public_key: str, key_id: str,
+                 timestamp: datetime) -> None:
         self.participant_id = participant_id
         self.name = name
         self.role = role
-        # key id -> {"public_key": text form, "status": active | rotated | revoked}
-        self.keys: dict[str, dict[str, str]] = {key_id: {"public_key": public_key, "status": ACTIVE}}
+        # key id -> {"public_key": text form, "status": active | rotated | revoked,
+        #            "valid_from": unix seconds of the record that registered it}
+        self.keys: dict[str, dict[str, Any]] = {
+            key_id: {"public_key": public_key, "status": ACTIVE,
+                     "valid_from": int(timestamp.timestamp())}}
         self.freezes: dict[str, str] = {}  # who froze -> reason
         self.mandates: set[str] = set()  # exchanges allowed to move this holder's units
 
@@ -50,6 +57,14 @@ class Participant(LedgerAggregate):
                               f"{entry['status']}", key_id=key_id, signer=self.participant_id)
         return entry["public_key"]
 
+    def check_key_time(self, key_id: str, signed_at: int | None, slack_s: int) -> None:
+        """Refuse a signature that claims to predate its key's registration (beyond the slack)."""
+        valid_from = self.keys[key_id].get("valid_from", 0)
+        if signed_at is not None and signed_at + slack_s < valid_from:
+            raise DomainError("key_not_yet_valid", f"the signature claims to be made at {signed_at}, "
+                              f"before key {key_id} of {self.participant_id} was registered "
+                              f"({valid_from})", key_id=key_id, signer=self.participant_id)
+
     class KeyRotated(LedgerAggregate.Event):
         old_key_id: str
         new_key_id: str
@@ -58,7 +73,8 @@ class Participant(LedgerAggregate):
         def apply(self, agg: Participant) -> None:
             if self.old_key_id in agg.keys:
                 agg.keys[self.old_key_id]["status"] = ROTATED
-            agg.keys[self.new_key_id] = {"public_key": self.new_public_key, "status": ACTIVE}
+            agg.keys[self.new_key_id] = {"public_key": self.new_public_key, "status": ACTIVE,
+                                         "valid_from": int(self.timestamp.timestamp())}
 
     class KeyRevoked(LedgerAggregate.Event):
         key_id: str
@@ -90,10 +106,10 @@ class Participant(LedgerAggregate):
 
     def require_role(self, *roles: str, doing: str) -> None:
         if self.role not in roles:
-            allowed = " or ".join(roles)
+            allowed = " or ".join(a(r) for r in roles)
             raise DomainError(
                 "not_authorized",
-                f"{self.participant_id} is a {self.role}; only a {allowed} may {doing}",
+                f"{self.participant_id} is {a(self.role)}; only {allowed} may {doing}",
                 actor=self.participant_id, role=self.role,
             )
 

@@ -74,11 +74,19 @@ MAX_TEXT_LEN = 2000
 MAX_QUANTITY_T = 10**12  # a sanity bound far above any forest; keeps arithmetic small
 MAX_FEN = 10**17
 
-_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
-_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-_TICKET_NO = re.compile(r"^[A-Z][A-Z0-9]*-[0-9]{7}$")
-_SERIAL = re.compile(r"^(?P<ticket>[A-Z][A-Z0-9]*-[0-9]{7})-(?P<n>[0-9]{7,12})$")
-_YUAN = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,2})?$")
+# Patterns are matched with fullmatch: "$" would also accept a trailing newline.
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+_TICKET_NO = re.compile(r"[A-Z][A-Z0-9]*-[0-9]{7}")
+_SERIAL = re.compile(r"(?P<ticket>[A-Z][A-Z0-9]*-[0-9]{7})-(?P<n>[0-9]{7}|[1-9][0-9]{7,11})")
+_YUAN = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,2})?")
+_PERIOD = re.compile(r"([0-9]{4})(?:-([0-9]{4}))?")
+_SCHEME = re.compile(r"[a-z][a-z0-9_]{1,31}")
+
+
+def a(word: str) -> str:
+    """'an insurer', 'a bank': roles in sentences."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _require_str(value: Any, field: str) -> str:
@@ -90,7 +98,7 @@ def _require_str(value: Any, field: str) -> str:
 def slug(value: Any, field: str = "id") -> str:
     """A participant id: lower-case ASCII letters, digits and inner hyphens, at most 64."""
     s = _require_str(value, field)
-    if not _SLUG.match(s):
+    if not _SLUG.fullmatch(s):
         raise invalid(
             f"{field} {s!r} is not a slug (a-z, 0-9 and inner '-', 1 to 64 characters)",
             field=field,
@@ -101,7 +109,7 @@ def slug(value: Any, field: str = "id") -> str:
 def ref(value: Any, field: str) -> str:
     """An external reference (trade id, pledge id, command id, case number in ASCII ...)."""
     s = _require_str(value, field)
-    if not _REF.match(s):
+    if not _REF.fullmatch(s):
         raise invalid(
             f"{field} {s!r} must be 1 to 128 ASCII letters, digits or ._:/- starting with a letter or digit",
             field=field,
@@ -125,7 +133,7 @@ def text(value: Any, field: str, *, required: bool = True, max_len: int = MAX_TE
 
 def ticket_no(value: Any, field: str = "ticket_no") -> str:
     s = _require_str(value, field)
-    if not _TICKET_NO.match(s):
+    if not _TICKET_NO.fullmatch(s):
         raise invalid(
             f"{field} {s!r} is not a ticket number like 'SM-0000001' (upper-case prefix, '-', 7 digits)",
             field=field,
@@ -140,7 +148,7 @@ def format_serial(ticket: str, n: int) -> str:
 def parse_serial(value: Any, field: str = "serial") -> tuple[str, int]:
     """'SM-0000001-0002723' -> ('SM-0000001', 2723)."""
     s = _require_str(value, field)
-    m = _SERIAL.match(s)
+    m = _SERIAL.fullmatch(s)
     if not m or int(m.group("n")) < 1:
         raise invalid(f"{field} {s!r} is not a serial like 'SM-0000001-0000001'", field=field)
     return m.group("ticket"), int(m.group("n"))
@@ -160,13 +168,9 @@ def tonnes(value: Any, field: str = "quantity_t", *, minimum: int = 1) -> int:
 
 
 def fen(value: Any, field: str, *, minimum: int = 0) -> int:
-    """Money: a decimal string in yuan with at most 2 decimals ("15.00"), or an int of fen."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise invalid(f"{field} must be a decimal string like '15.00', not {value!r}", field=field)
-    if isinstance(value, int):
-        amount = value
-    elif isinstance(value, str):
-        if not _YUAN.match(value):
+    """Money: a decimal string in yuan with at most 2 decimals ("15.00"), kept as integer fen."""
+    if isinstance(value, str):
+        if not _YUAN.fullmatch(value):
             raise invalid(
                 f"{field} {value!r} is not an amount in yuan with at most 2 decimals, like '15.00'",
                 field=field,
@@ -198,7 +202,7 @@ def area_mu(value: Any, field: str = "area_mu") -> str:
     if isinstance(value, int):
         value = str(value)
     s = _require_str(value, field)
-    if not _YUAN.match(s) or Decimal(s) <= 0:
+    if not _YUAN.fullmatch(s) or Decimal(s) <= 0:
         raise invalid(f"{field} {s!r} must be a positive number with at most 2 decimals", field=field)
     return s
 
@@ -234,13 +238,14 @@ def choice(enum: type[StrEnum], value: Any, field: str) -> str:
 def compliance_period(value: Any, field: str = "period") -> str:
     """A compliance period label such as '2021' or '2021-2022'."""
     s = _require_str(value, field)
-    if not re.match(r"^[0-9]{4}(-[0-9]{4})?$", s):
+    m = _PERIOD.fullmatch(s)
+    if not m or (m.group(2) and m.group(2) <= m.group(1)):
         raise invalid(f"{field} {s!r} must be a year like '2021' or a span like '2021-2022'", field=field)
     return s
 
 
 def scheme(value: Any, field: str = "scheme") -> str:
     s = _require_str(value, field)
-    if not re.match(r"^[a-z][a-z0-9_]{1,31}$", s):
+    if not _SCHEME.fullmatch(s):
         raise invalid(f"{field} {s!r} must be a lower-case name like 'fujian_ets'", field=field)
     return s

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -24,6 +25,7 @@ from domain.base import LedgerAggregate
 from domain.command import CommandRecord
 from domain.errors import DomainError
 from domain.genesis import Genesis
+from domain.trade import Trade
 from ledger import keys as K
 from ledger.authentication import authenticate, split_signatures, verify_now
 from ledger.checkpoints import Checkpointer
@@ -38,15 +40,25 @@ MAX_ATTEMPTS = 20
 A = TypeVar("A", bound=LedgerAggregate)
 
 
+# Stands for a trade that exists: handlers only ask whether a trade id is taken.
+_TRADE_SEEN = object.__new__(Trade)
+_TRADE_SEEN.__dict__.update(_version=1, _pending_events=[])
+
+
+def _fork_from(state: Projection, aggregate_id: UUID) -> LedgerAggregate | None:
+    agg = state.aggregates.get(aggregate_id)
+    if agg is not None:
+        return agg.fork()
+    if aggregate_id in state.trade_ids:
+        return _TRADE_SEEN
+    return None
+
+
 class Registry(Application):
     """The carbon-ticket registry. `execute(command)` is the only way to change it."""
 
     name = "CarbonLedger"
-    env = {
-        "AGGREGATE_CACHE_MAXSIZE": "50000",
-        "AGGREGATE_CACHE_FASTFORWARD": "y",
-        "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
-    }
+    env: dict[str, str] = {}  # commands decide against the in-process projection, not a cache
 
     def __init__(self, url: str | None = None, env: dict[str, str] | None = None, *,
                  keyring: K.Keyring | None = None, clock: Callable[[], float] = time.time,
@@ -83,24 +95,38 @@ class Registry(Application):
         handler = self._handlers[command.name]
         actor_sig, consents = split_signatures(command, signed)
         for _ in range(MAX_ATTEMPTS):
-            uow = UnitOfWork(self._load)
-            authenticate(uow, command, signed, actor_sig, consents, now=int(self.clock()),
-                         verify=verify_now)
-            prior = self._record_of(command.command_id)
-            if prior is not None:
-                return self._replayed(prior, command, digest, actor_sig)
-            outcome = handler(uow, command)
-            outcome = {"command_id": command.command_id, "command": command.name, **outcome}
-            record = CommandRecord.accept(
-                actor=command.actor, command_id=command.command_id, name=command.name,
-                digest=digest, body=signed.body, method=signed.method, path=signed.path,
-                signatures=[s.to_record() for s in signed.signatures], outcome=outcome,
-            )
-            changed = uow.changed()
-            for agg in changed:
-                agg.check_invariants()
+            # Decide against the in-process state, caught up with the log (every process's
+            # writes); the store re-checks every version this decision relied on.
+            with self._projection_lock:
+                state = self._live_projection()
+                uow = UnitOfWork(partial(_fork_from, state))
+                authenticate(uow, command, signed, actor_sig, consents, now=int(self.clock()),
+                             verify=verify_now)
+                prior = self._record_of(command.command_id)
+                if prior is not None:
+                    return self._replayed(prior, command, digest, actor_sig)
+                try:
+                    outcome = handler(uow, command)
+                except DomainError:
+                    # The first copy of this command may have committed meanwhile (from another
+                    # process): then this is a retry, and it gets the first outcome.
+                    prior = self._record_of(command.command_id)
+                    if prior is not None:
+                        return self._replayed(prior, command, digest, actor_sig)
+                    raise
+                outcome = {"command_id": command.command_id, "command": command.name, **outcome}
+                record = CommandRecord.accept(
+                    actor=command.actor, command_id=command.command_id, name=command.name,
+                    digest=digest, body=signed.body, method=signed.method, path=signed.path,
+                    signatures=[s.to_record() for s in signed.signatures], outcome=outcome,
+                )
+                changed = uow.changed()
+                for agg in changed:
+                    agg.check_invariants()
+            read_set = uow.read_set()
+            events = [e for agg in (*changed, record) for e in agg.collect_events()]
             try:
-                recordings = self.save(*changed, record, read_set=uow.read_set())
+                recordings = self.events.put(events, read_set=read_set)
             except IntegrityError:
                 continue  # someone else wrote first (or this id was just used): decide again
             if self.auto_checkpoint:
@@ -110,20 +136,13 @@ class Registry(Application):
                           f"concurrent writes after {MAX_ATTEMPTS} attempts; retry it",
                           attempts=MAX_ATTEMPTS)
 
-    def _load(self, aggregate_id: UUID) -> LedgerAggregate | None:
-        try:
-            return self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None
-
     def _record_of(self, command_id: str) -> CommandRecord | None:
         try:
             return self.repository.get(CommandRecord.id_for(command_id))
         except AggregateNotFoundError:
             return None
 
-    @staticmethod
-    def _replayed(prior: CommandRecord, command: C.Command, digest: str,
+    def _replayed(self, prior: CommandRecord, command: C.Command, digest: str,
                   actor_sig: Signature) -> dict[str, Any]:
         if prior.digest != digest:
             raise DomainError(
@@ -136,7 +155,8 @@ class Registry(Application):
             raise DomainError("replay", f"this signed request for command {command.command_id} was "
                               "received before; a retry must be signed anew (new nonce)",
                               command_id=command.command_id)
-        return {**prior.outcome, "replayed": True}
+        position = self.recorder.position_of(prior.id, prior.version)
+        return {**prior.outcome, "position": position, "replayed": True}
 
     def submit(self, name: str, actor: str, command_id: str, args: dict[str, Any]) -> dict[str, Any]:
         """Sign with this registry's keyring and execute (the CLI, the demo and the tests use it).
@@ -174,10 +194,13 @@ class Registry(Application):
             fresh.catch_up(upto=as_of, progress=progress)
             return fresh
         with self._projection_lock:
-            if self._projection is None:
-                self._projection = Projection(self)
-            self._projection.catch_up(progress=progress)
-            return self._projection
+            return self._live_projection(progress)
+
+    def _live_projection(self, progress: Callable[[Progress], None] | None = None) -> Projection:
+        if self._projection is None:
+            self._projection = Projection(self)
+        self._projection.catch_up(progress=progress)
+        return self._projection
 
     def log_tree(self, size: int | None = None) -> MerkleTree:
         """The RFC 9162 tree over the log, kept in memory and extended as the log grows."""

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,16 +62,19 @@ class LogSource(Protocol):
 
 
 class DatabaseSource:
+    """The log in a database, up to its size when the source was opened."""
+
     def __init__(self, recorder: Any) -> None:
         self.recorder = recorder
+        self._size = self.recorder.max_notification_id() or 0
 
     def size(self) -> int:
-        return self.recorder.max_notification_id() or 0
+        return self._size
 
     def records(self) -> Iterator[list[Record]]:
         start = 1
-        while True:
-            batch = self.recorder.select_records(start, BATCH)
+        while start <= self._size:
+            batch = self.recorder.select_records(start, BATCH, stop=self._size)
             if not batch:
                 return
             yield batch
@@ -83,8 +87,14 @@ class DatabaseSource:
         return self.recorder.select_cosignatures()
 
 
+_ITEM_SHAPES = {"r": (int, bytes, int, str, bytes, bytes), "c": (int, bytes, bytes),
+                "w": (int, str, str, bytes), "end": (int,)}
+
+
 class ExportSource:
-    """An export file: a msgpack stream of a header, records, checkpoints and cosignatures."""
+    """An export file: a msgpack stream of a header, records, checkpoints, cosignatures and an
+    end marker that counts the records. Anything else — a damaged item, a missing end, a count
+    that differs from the header's size, bytes after the end — refuses the whole file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -92,26 +102,58 @@ class ExportSource:
         self._checkpoints: list[tuple[int, bytes, bytes]] = []
         self._cosignatures: list[tuple[int, str, str, bytes]] = []
         self._size = 0
+        ended = False
         for item in self._items():
-            if isinstance(item, dict):
-                self.header = item
-            elif item[0] == "c":
-                self._checkpoints.append((item[1], bytes(item[2]), bytes(item[3])))
+            if ended:
+                self._damaged("there are items after the end marker")
+            if item[0] == "c":
+                self._checkpoints.append((item[1], item[2], item[3]))
             elif item[0] == "w":
-                self._cosignatures.append((item[1], item[2], item[3], bytes(item[4])))
+                self._cosignatures.append((item[1], item[2], item[3], item[4]))
             elif item[0] == "r":
                 self._size += 1
-        if self.header.get("format") != EXPORT_FORMAT:
-            raise DomainError("invalid_argument", f"{path} is not a carbon-ledger export "
-                              f"(format {self.header.get('format')!r})")
+            elif item[0] == "end":
+                ended = True
+                if item[1] != self._size:
+                    self._damaged(f"the end marker counts {item[1]} records, the file holds "
+                                  f"{self._size}")
+        if not ended:
+            self._damaged("it has no end marker: the file was cut short")
+        if self.header.get("size") != self._size:
+            self._damaged(f"the header announces {self.header.get('size')} records, the file "
+                          f"holds {self._size}")
+
+    def _damaged(self, why: str) -> None:
+        raise DomainError("invalid_argument", f"{self.path} is not a carbon-ledger export, or is a "
+                          f"damaged one: {why}")
 
     def _items(self) -> Iterator[Any]:
-        with open(self.path, "rb") as f:
-            unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=256 * 1024 * 1024)
-            try:
-                yield from unpacker
-            except (ValueError, msgpack.UnpackException) as e:
-                raise DomainError("invalid_argument", f"{self.path} is damaged: {e}") from None
+        """Every item after the header, type-checked; the header is read into self.header."""
+        try:
+            with open(self.path, "rb") as f:
+                unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=256 * 1024 * 1024)
+                first = True
+                for item in unpacker:
+                    if first:
+                        if not isinstance(item, dict) or item.get("format") != EXPORT_FORMAT:
+                            self._damaged("it does not begin with a carbon-ledger export header")
+                        self.header = item
+                        first = False
+                        continue
+                    if (not isinstance(item, list) or not item or item[0] not in _ITEM_SHAPES
+                            or len(item) != len(_ITEM_SHAPES[item[0]]) + 1
+                            or not all(type(v) is t for v, t in zip(item[1:], _ITEM_SHAPES[item[0]],
+                                                                     strict=True))):
+                        self._damaged(f"an item is malformed ({str(item)[:60]})")
+                    yield item
+                if first:
+                    self._damaged("it is empty")
+                if unpacker.tell() != f.seek(0, 2):
+                    self._damaged("its last item is cut short")
+        except OSError as e:
+            raise DomainError("invalid_argument", f"cannot read {self.path}: {e.strerror}") from None
+        except (ValueError, msgpack.UnpackException) as e:
+            self._damaged(str(e))
 
     def size(self) -> int:
         return self._size
@@ -119,10 +161,9 @@ class ExportSource:
     def records(self) -> Iterator[list[Record]]:
         batch: list[Record] = []
         for item in self._items():
-            if isinstance(item, list) and item and item[0] == "r":
+            if item[0] == "r":
                 _, pos, oid, version, topic, state, chain = item
-                batch.append(Record(pos, UUID(bytes=bytes(oid)), version, topic, bytes(state),
-                                    bytes(chain)))
+                batch.append(Record(pos, UUID(bytes=oid), version, topic, state, chain))
                 if len(batch) >= BATCH:
                     yield batch
                     batch = []
@@ -148,8 +189,6 @@ def export(recorder: Any, path: Path, progress: Callable[[int, int], None] | Non
                              "exported_at": int(time.time())}))
         for batch in source.records():
             for r in batch:
-                if r.position > total:
-                    break
                 f.write(packer.pack(["r", r.position, r.originator_id.bytes, r.originator_version,
                                      r.topic, r.state, r.chain]))
                 count += 1
@@ -161,6 +200,7 @@ def export(recorder: Any, path: Path, progress: Callable[[int, int], None] | Non
         for size, witness, kid, sig in source.cosignatures():
             if size <= total:
                 f.write(packer.pack(["w", size, witness, kid, sig]))
+        f.write(packer.pack(["end", count]))
     tmp.replace(path)
     return {"file": str(path), "records": count, "bytes": path.stat().st_size}
 
@@ -269,6 +309,11 @@ class _Stop(Exception):
     def __init__(self, position: int, what: str) -> None:
         super().__init__(what)
         self.failure = Failure(position, what)
+
+
+def _fork(state: dict[UUID, LedgerAggregate], aggregate_id: UUID) -> LedgerAggregate | None:
+    agg = state.get(aggregate_id)
+    return agg.fork() if agg is not None else None
 
 
 def _plain(value: Any) -> Any:
@@ -421,7 +466,7 @@ class Auditor:
             signed = SignedCommand(body=body, method=record_event.method, path=record_event.path,
                                    signatures=tuple(Signature.from_record(s)
                                                     for s in record_event.signatures))
-            uow = UnitOfWork(state.get)
+            uow = UnitOfWork(partial(_fork, state))
             actor_sig, consents = split_signatures(command, signed)
             now = int(record_event.timestamp.timestamp())
 
@@ -454,7 +499,10 @@ class Auditor:
                 agg.check_invariants()
             except AssertionError as e:
                 raise _Stop(record_pos, f"an invariant breaks after command {cid}: {e}") from None
-            state[agg.id] = agg
+        # The state moves on by the recorded events (with their recorded times), not the forks.
+        for ev in recorded:
+            agg = ev.mutate(state.get(ev.originator_id))
+            state[ev.originator_id] = agg
             commitment.touch(agg)
 
     def _check_checkpoint(self, body: bytes, signature: bytes, size: int, tree: merkle.MerkleTree,

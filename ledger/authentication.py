@@ -82,12 +82,24 @@ def authenticate(uow: UnitOfWork, command: C.Command, signed: SignedCommand, act
         public = actor.active_key(actor_sig.key_id)
         C.check_permission(command.name, actor.participant_id, actor.role)
     _check(actor_sig, signed, public, consent=False, now=now, verify=verify)
-    for party, key_of in _consenting_parties(uow, command):
+    if command.name != "initialise":
+        actor.check_key_time(actor_sig.key_id, _created(actor_sig), WINDOW_PAST_S + WINDOW_FUTURE_S)
+    needed = _consenting_parties(uow, command)
+    for party, key_of in needed:
         sig = consents.get(party)
         if sig is None:
             raise DomainError("consent_missing", f"{command.name} needs the consent signature of "
                               f"{party}", party=party)
         _check(sig, signed, key_of(sig), consent=True, now=now, verify=verify)
+    unexpected = set(consents) - {party for party, _ in needed}
+    if unexpected:
+        raise DomainError("bad_signature", f"{command.name} takes no consent signature from "
+                          f"{', '.join(sorted(unexpected)) or 'an unknown key'}")
+
+
+def _created(sig: Signature) -> int | None:
+    created = parse_base(sig.base).params.get("created")
+    return created if isinstance(created, int) else None
 
 
 def _consenting_parties(uow: UnitOfWork, command: C.Command
@@ -95,7 +107,12 @@ def _consenting_parties(uow: UnitOfWork, command: C.Command
     """(party, the public key its consent must be signed with) for each consent a command needs."""
     if command.name == "pledge":
         pledgor = uow.participant(command["pledgor"])
-        return [(pledgor.participant_id, lambda s: pledgor.active_key(s.key_id))]
+        def pledgor_key(sig: Signature) -> str:
+            public = pledgor.active_key(sig.key_id)
+            pledgor.check_key_time(sig.key_id, _created(sig), WINDOW_PAST_S + WINDOW_FUTURE_S)
+            return public
+
+        return [(pledgor.participant_id, pledgor_key)]
     if command.name == "rotate_key":
         new = command["new_public_key"]
 
@@ -115,8 +132,8 @@ def _check(sig: Signature, signed: SignedCommand, public: str, *, consent: bool,
                         consent=consent)
     created = parsed.params["created"]
     if not now - WINDOW_PAST_S <= created <= now + WINDOW_FUTURE_S:
+        when = (f"{now - created} s before" if created <= now else f"{created - now} s after")
         raise DomainError("stale_signature", f"the signature by {sig.signer} was created at {created}, "
-                          f"{now - created} s from the ledger's clock ({now}); accepted: "
-                          f"{WINDOW_PAST_S} s before to {WINDOW_FUTURE_S} s after",
-                          created=created, now=now)
+                          f"{when} the ledger's clock ({now}); accepted: {WINDOW_PAST_S} s before to "
+                          f"{WINDOW_FUTURE_S} s after", created=created, now=now)
     verify(SignatureJob(sig.signer, sig.key_id, public, sig.signature, sig.base.encode("utf-8")))

@@ -47,7 +47,13 @@ def b64(data: bytes) -> str:
 
 
 def unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
+    """Strict base64: only the canonical encoding of some bytes is accepted (no spare bits set)."""
+    if not isinstance(text, str):
+        raise ValueError("base64 text expected")
+    data = base64.b64decode(text, validate=True)
+    if b64(data) != text:
+        raise ValueError("non-canonical base64")
+    return data
 
 
 @dataclass(frozen=True)
@@ -153,10 +159,10 @@ class Checkpointer:
             if last.size == size:
                 return last, latest[2]
             if last.size > size:
-                raise DomainError("conflict", f"a checkpoint at size {last.size} exists beyond the "
+                raise DomainError("log_inconsistent", f"a checkpoint at size {last.size} exists beyond the "
                                   f"log's size {size}")
             if tree.root_at(last.size) != last.root:
-                raise DomainError("conflict", f"the log no longer extends the checkpoint at size "
+                raise DomainError("log_inconsistent", f"the log no longer extends the checkpoint at size "
                                   f"{last.size}; refusing to sign an inconsistent checkpoint")
         chain = app.recorder.select_records(size, 1, stop=size)[0].chain if size else GENESIS_CHAIN
         cp = Checkpoint(genesis.origin, size, tree.root_at(size), chain,
@@ -207,15 +213,15 @@ def witness(app: Registry, witness_id: str, key: Ed25519PrivateKey, state_file: 
     if state_file.exists():
         seen = json.loads(state_file.read_text(encoding="utf-8"))
         if seen.get("origin") != cp.origin:
-            raise DomainError("conflict", f"the witness state is for origin {seen.get('origin')}, "
+            raise DomainError("log_inconsistent", f"the witness state is for origin {seen.get('origin')}, "
                               f"this log is {cp.origin}")
     old_size, old_root = int(seen.get("size", 0)), unb64(seen["root"]) if seen else merkle.EMPTY_ROOT
     if cp.size < old_size:
-        raise DomainError("conflict", f"the log's latest checkpoint (size {cp.size}) is older than "
+        raise DomainError("log_inconsistent", f"the log's latest checkpoint (size {cp.size}) is older than "
                           f"the one this witness saw (size {old_size}): the log went back")
     proof = app.log_tree(cp.size).consistency_proof(old_size, cp.size) if old_size else []
     if old_size and not merkle.verify_consistency(old_size, cp.size, proof, old_root, cp.root):
-        raise DomainError("conflict", f"checkpoint {cp.size} is not consistent with checkpoint "
+        raise DomainError("log_inconsistent", f"checkpoint {cp.size} is not consistent with checkpoint "
                           f"{old_size} that this witness cosigned: the log was rewritten")
     signature = cosign(key, cp.body())
     app.recorder.insert_cosignature(cp.size, witness_id, kid, signature)

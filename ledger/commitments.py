@@ -74,7 +74,7 @@ def entry(agg: LedgerAggregate) -> tuple[str, dict[str, Any]] | None:
 
 
 def leaf_bytes(key: str, value: dict[str, Any]) -> bytes:
-    return canonical_json({"key": key, "value": value})
+    return canonical_json({"key": key, "value": value}, checked=True)
 
 
 class StateCommitment:

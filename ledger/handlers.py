@@ -25,7 +25,7 @@ from domain.project import Project
 from domain.retirement import Retirement
 from domain.ticket import AVAILABLE, PLEDGED, Ticket
 from domain.trade import Trade
-from domain.values import HOLDING_ROLES, PHYSICAL_PERILS, Purpose, Role, yuan
+from domain.values import HOLDING_ROLES, PHYSICAL_PERILS, Purpose, Role, a, yuan
 from ledger import keys as K
 
 A = TypeVar("A", bound=LedgerAggregate)
@@ -442,7 +442,7 @@ class Handlers:
     def _retire(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
         holder = uow.participant(cmd.actor)
         if holder.role not in HOLDING_ROLES:
-            raise DomainError("not_authorized", f"{holder.participant_id} is a {holder.role} and "
+            raise DomainError("not_authorized", f"{holder.participant_id} is {a(holder.role)} and "
                               "holds no units to retire")
         holder.require_not_frozen("retire units")
         rid, purpose = cmd["retirement_id"], cmd["purpose"]
@@ -496,7 +496,7 @@ class Handlers:
 
     def _record_emissions(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
         entity, scheme, period = cmd["entity"], cmd["scheme"], cmd["period"]
-        uow.participant(entity)
+        self._holder(uow, entity)  # an enterprise that holds and retires units
         account = uow.find(ComplianceAccount, ComplianceAccount.id_for(entity, scheme, period))
         if account is None:
             uow.add(ComplianceAccount.open(actor=cmd.actor, command_id=cmd.command_id, entity=entity,
@@ -538,9 +538,14 @@ class Handlers:
             raise DomainError("not_authorized", f"ticket {ticket.ticket_no} was issued by "
                               f"{ticket.issuer}; only it may cancel its units")
         uow.participant(cmd["holder"])
+        ref = f"cancellation:{cmd['cancellation_id']}"
+        if any(b[4] == ref for b in ticket.blocks):
+            raise DomainError("already_exists", f"cancellation {cmd['cancellation_id']} of ticket "
+                              f"{ticket.ticket_no} is already recorded",
+                              cancellation_id=cmd["cancellation_id"])
         ranges = ticket.units_of(cmd["holder"], cmd["quantity_t"], doing="be cancelled",
                                  first=cmd["first"] or None, last=cmd["last"] or None)
-        ticket.cancel(ranges=ranges, cancellation_ref=f"cancellation:{cmd['cancellation_id']}",
+        ticket.cancel(ranges=ranges, cancellation_ref=ref,
                       holder=cmd["holder"], reason=cmd["reason"], actor=cmd.actor,
                       command_id=cmd.command_id)
         return {"cancellation_id": cmd["cancellation_id"], "ticket_no": ticket.ticket_no,
@@ -553,7 +558,7 @@ class Handlers:
     def _holder(uow: UnitOfWork, participant_id: str) -> Participant:
         p = uow.participant(participant_id)
         if p.role not in HOLDING_ROLES:
-            raise DomainError("not_authorized", f"{participant_id} is a {p.role}; only holders and "
+            raise DomainError("not_authorized", f"{participant_id} is {a(p.role)}; only holders and "
                               "banks hold units", participant_id=participant_id, role=p.role)
         return p
 

@@ -45,7 +45,7 @@ def migrate(source: Registry, target: Registry,
                         topic=r.topic, state=r.state) for r in records])
         size, chain = target.recorder.head()
         if size != records[-1].position or chain != records[-1].chain:
-            raise DomainError("conflict", f"the target's chain differs from the source's at position "
+            raise DomainError("log_inconsistent", f"the target's chain differs from the source's at position "
                               f"{records[-1].position}; the migration stopped")
         copied += len(records)
         start = records[-1].position + 1
@@ -60,7 +60,7 @@ def migrate(source: Registry, target: Registry,
     source_root = source.log_tree(total).root_at(total)
     target_root = target.log_tree(total).root_at(total)
     if source_root != target_root:
-        raise DomainError("conflict", "the target's Merkle root differs from the source's")
+        raise DomainError("log_inconsistent", "the target's Merkle root differs from the source's")
     return {"records": copied, "checkpoints": len(checkpoints), "cosignatures": len(cosignatures),
             "root": b64(source_root), "target_root": b64(target_root), "from": source.url,
             "to": target.url}
@@ -132,4 +132,4 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
         raise DomainError("invalid_argument", f"{cmd[0]} is not installed (PostgreSQL client tools)")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, check=False)
     if done.returncode != 0:
-        raise DomainError("conflict", f"{cmd[0]} failed: {done.stderr.strip()[:500]}")
+        raise DomainError("operation_failed", f"{cmd[0]} failed: {done.stderr.strip()[:500]}")

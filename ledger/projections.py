@@ -9,7 +9,7 @@ Command records and trade records are not replayed here: they are looked up by i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -38,6 +38,8 @@ STATES = [s.value for s in UnitState]
 _SKIPPED_PREFIXES = tuple(
     f"{cls.__module__}:{cls.__qualname__}." for cls in (CommandRecord, Trade)
 )
+_TRADE_PREFIX = f"{Trade.__module__}:{Trade.__qualname__}."
+_RECORD_PREFIX = f"{CommandRecord.__module__}:{CommandRecord.__qualname__}."
 
 # Events that name holders other than the one obvious from the aggregate, for holder histories.
 _HOLDER_FIELDS = ("seller", "buyer", "pledgor", "to", "holder", "owner", "insured", "entity")
@@ -55,7 +57,8 @@ class Projection:
 
     def __init__(self, app: Registry) -> None:
         self.app = app
-        self.position = 0
+        self.position = 0  # the last record applied (always the end of a command)
+        self.as_of = 0  # the position asked for: the state after every command ending by then
         self.events_applied = 0
         self.aggregates: dict[UUID, LedgerAggregate] = {}
         self.tickets: dict[str, Ticket] = {}
@@ -70,9 +73,11 @@ class Projection:
         self.genesis: Genesis | None = None
         self.commitment = StateCommitment()
         self.key_owner: dict[str, str] = {}  # key id -> participant id
+        self.trade_ids: set[UUID] = set()  # every trade's aggregate id (trade ids are unique)
         self.holder_tickets: dict[str, set[str]] = {}
-        self.ticket_history: dict[str, list[int]] = {}
-        self.holder_history: dict[str, list[int]] = {}
+        # (record position, command position) of each event that concerns a ticket or a holder
+        self.ticket_history: dict[str, list[tuple[int, int]]] = {}
+        self.holder_history: dict[str, list[tuple[int, int]]] = {}
 
     # Catching up ---------------------------------------------------------------------------
 
@@ -86,29 +91,42 @@ class Projection:
         start_t = time.perf_counter()
         applied = 0
         total = max(end - self.position, 0)
-        while self.position < end:
-            batch = recorder.select_notifications(self.position + 1, PAGE, stop=end)
+        # Events are applied a whole command at a time. A command's position is that of its last
+        # record (its CommandRecord, where it commits): as of N means every command whose position
+        # is N or less, so no read ever shows half of a command.
+        pending: list[Any] = []
+        read_to = self.position
+        while read_to < end:
+            batch = recorder.select_notifications(read_to + 1, PAGE, stop=end)
             if not batch:
                 break
             for n in batch:
-                self._apply(n)
-                self.position = n.id
-                applied += 1
+                pending.append(n)
+                if n.topic.startswith(_RECORD_PREFIX):
+                    for m in pending:
+                        self._apply(m, n.id)
+                    applied += len(pending)
+                    self.position = n.id
+                    pending = []
+            read_to = batch[-1].id
             if progress:
                 progress(Progress(applied, total, time.perf_counter() - start_t))
         self.events_applied += applied
+        self.as_of = end if upto is not None else self.position
         return applied
 
-    def _apply(self, notification: Any) -> None:
+    def _apply(self, notification: Any, command_position: int) -> None:
         topic = notification.topic
         if topic.startswith(_SKIPPED_PREFIXES):
+            if topic.startswith(_TRADE_PREFIX):
+                self.trade_ids.add(notification.originator_id)
             return
         event = self.app.mapper.to_domain_event(notification)
         agg = self.aggregates.get(event.originator_id)
         agg = event.mutate(agg)
         self.aggregates[event.originator_id] = agg
         self.commitment.touch(agg)
-        pos = notification.id
+        pos = (notification.id, command_position)
         if isinstance(agg, Ticket):
             if event.originator_version == 1:
                 self.tickets[agg.ticket_no] = agg
@@ -154,14 +172,14 @@ class Projection:
         p = self.participants.get(participant_id)
         if p is None:
             raise DomainError("unknown_participant", f"no participant {participant_id} is registered"
-                              f" (as of position {self.position})", participant_id=participant_id)
+                              f" (as of position {self.as_of})", participant_id=participant_id)
         return p
 
     def _require_ticket(self, ticket_no: str) -> Ticket:
         t = self.tickets.get(ticket_no)
         if t is None:
             raise DomainError("unknown_ticket", f"no ticket {ticket_no} has been issued"
-                              f" (as of position {self.position})", ticket_no=ticket_no)
+                              f" (as of position {self.as_of})", ticket_no=ticket_no)
         return t
 
     @staticmethod
@@ -202,7 +220,7 @@ class Projection:
             tickets.append({"ticket_no": ticket_no, "standard": ticket.standard,
                             **self._totals(counts),
                             "blocks": [self._block(ticket_no, b, False) for b in mine]})
-        return {"holder": holder, "name": participant.name, "as_of": self.position,
+        return {"holder": holder, "name": participant.name, "as_of": self.as_of,
                 "frozen": participant.frozen, "totals": self._totals(totals), "tickets": tickets}
 
     def ticket(self, ticket_no: str) -> dict[str, Any]:
@@ -210,7 +228,7 @@ class Projection:
         return {"ticket_no": ticket_no, "standard": t.standard, "project_id": t.project_id,
                 "issuer": t.issuer, "owner": t.owner, "period_start": t.period_start,
                 "period_end": t.period_end, "issued_t": t.quantity_t, **self._totals(t.totals()),
-                "as_of": self.position,
+                "as_of": self.as_of,
                 "blocks": [self._block(ticket_no, b, True) for b in t.blocks]}
 
     def supply(self) -> list[dict[str, Any]]:
@@ -293,20 +311,22 @@ class Projection:
         standards_bp, total_bp = limits if limits else ({}, 0)
         emissions = account.verified_emissions_t if account else None
         used = dict(account.used_t) if account else {}
+        total_cap = cap_t(emissions or 0, total_bp)
+        total_used = sum(used.values())
+        total_left = max(total_cap - total_used, 0)
+        # What can still be used is bounded by both the total cap and each standard's own cap.
         per_standard = {}
         for standard, bp in sorted(standards_bp.items()):
             cap = cap_t(emissions or 0, bp)
             u = used.get(standard, 0)
             per_standard[standard] = {"limit_bp": bp, "limit_t": cap, "used_t": u,
-                                      "remaining_t": max(cap - u, 0)}
-        total_cap = cap_t(emissions or 0, total_bp)
-        total_used = sum(used.values())
-        # What can still be used overall is bounded by both the total and each standard's cap.
+                                      "remaining_t": min(max(cap - u, 0), total_left)}
+        remaining = min(total_left, sum(v["remaining_t"] for v in per_standard.values()))
         return {"entity": entity, "scheme": scheme, "period": period,
                 "verified_emissions_t": emissions, "emissions_recorded": account is not None,
                 "limit_bp": total_bp, "limit_t": total_cap, "used_t": total_used,
-                "remaining_t": max(total_cap - total_used, 0), "standards": per_standard,
-                "retirements": list(account.retirements) if account else [], "as_of": self.position}
+                "remaining_t": remaining, "standards": per_standard,
+                "retirements": list(account.retirements) if account else [], "as_of": self.as_of}
 
     def participant(self, participant_id: str) -> dict[str, Any]:
         p = self._require_participant(participant_id)
@@ -324,7 +344,8 @@ class Projection:
                 "issuer": p.issuer,
                 "tickets": sorted(no for no, t in self.tickets.items() if t.project_id == project_id)}
 
-    def history_positions(self, *, ticket: str | None = None, holder: str | None = None) -> list[int]:
+    def history_positions(self, *, ticket: str | None = None,
+                          holder: str | None = None) -> list[tuple[int, int]]:
         if ticket is not None:
             self._require_ticket(ticket)
             return list(self.ticket_history.get(ticket, []))
@@ -334,29 +355,30 @@ class Projection:
         raise ValueError("history needs a ticket or a holder")
 
     def history(self, *, ticket: str | None = None, holder: str | None = None) -> list[dict[str, Any]]:
-        return [self.describe(n) for n in self._notifications(
-            self.history_positions(ticket=ticket, holder=holder))]
-
-    def _notifications(self, positions: list[int]) -> Iterator[Any]:
-        for pos in positions:
-            found = self.app.recorder.select_notifications(pos, 1, stop=pos)
+        """The events of a ticket or a holder; `position` is their command's, `record` their own."""
+        out = []
+        for record, command in self.history_positions(ticket=ticket, holder=holder):
+            found = self.app.recorder.select_notifications(record, 1, stop=record)
             if found:
-                yield found[0]
+                out.append(self.describe(found[0], command))
+        return out
 
-
-    def describe(self, notification: Any) -> dict[str, Any]:
+    def describe(self, notification: Any, command_position: int | None = None) -> dict[str, Any]:
         """One recorded event as a plain dict: position, time, type, actor, command id, fields."""
         event = self.app.mapper.to_domain_event(notification)
         return describe_event(event, notification.id,
-                              getattr(self.aggregates.get(event.originator_id), "ticket_no", None))
+                              getattr(self.aggregates.get(event.originator_id), "ticket_no", None),
+                              command_position)
 
 
-def describe_event(event: Any, position: int, ticket_no: str | None) -> dict[str, Any]:
+def describe_event(event: Any, record: int, ticket_no: str | None,
+                   command_position: int | None = None) -> dict[str, Any]:
     fields = {k: v for k, v in vars(event).items()
               if k not in ("originator_id", "originator_version", "timestamp", "originator_topic",
                            "actor", "command_id")}
     ranges = fields.pop("ranges", None)
-    out: dict[str, Any] = {"position": position, "time": event.timestamp.isoformat(),
+    out: dict[str, Any] = {"position": command_position or record, "record": record,
+                           "time": event.timestamp.isoformat(),
                            "event": type(event).__qualname__, "actor": event.actor,
                            "command_id": event.command_id}
     if ticket_no:

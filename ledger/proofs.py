@@ -50,7 +50,7 @@ def bundle(app: Registry, kind: str, ident: str) -> dict[str, Any]:
     cp_json = checkpoint_json(app, latest[0])
     commitment = projection.commitment
     if b64(commitment.root()) != cp_json["state_root"]:
-        raise DomainError("conflict", "the replayed state does not match the checkpoint's commitment")
+        raise DomainError("log_inconsistent", "the replayed state does not match the checkpoint's commitment")
     key = f"{kind}/{ident}"
     value = commitment.value(key)
     if value is None:
@@ -126,7 +126,10 @@ def _verify(data: dict[str, Any], operator_key: str) -> dict[str, Any]:
 
 def _cosignatures(cpj: dict[str, Any], body: bytes, leaves: dict[str, dict[str, Any]]) -> list[str]:
     out = []
-    for c in cpj.get("cosignatures", []):
+    cosignatures = cpj["cosignatures"]
+    if not isinstance(cosignatures, list):
+        raise ProofError("the checkpoint's cosignatures are malformed")
+    for c in cosignatures:
         participant = leaves.get(f"participant/{c['witness']}")
         if participant is None:
             raise ProofError(f"the cosignature by {c['witness']} comes without the witness's key")

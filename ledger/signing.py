@@ -40,30 +40,54 @@ _MAX_INT = 2**53 - 1
 
 # Canonical JSON ------------------------------------------------------------------------------
 
-def canonical_json(obj: Any) -> bytes:
-    """The one byte encoding of a JSON value that the ledger signs and hashes."""
-    _check_canonical_types(obj)
+def canonical_json(obj: Any, *, checked: bool = False) -> bytes:
+    """The one byte encoding of a JSON value that the ledger signs and hashes.
+
+    `checked=True` skips the type check for values that already passed it (parsed bodies,
+    the ledger's own state).
+    """
+    if not checked:
+        _check_canonical_types(obj)
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
                       allow_nan=False).encode("utf-8")
 
 
-def _check_canonical_types(obj: Any, path: str = "$") -> None:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, str) or not k.isascii():
-                raise DomainError("non_canonical", f"{path}: object keys must be ASCII strings")
-            _check_canonical_types(v, f"{path}.{k}")
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            _check_canonical_types(v, f"{path}[{i}]")
-    elif isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return
-    elif isinstance(obj, int):
-        if not -_MAX_INT <= obj <= _MAX_INT:
-            raise DomainError("non_canonical", f"{path}: integer {obj} is beyond ±2^53")
-    else:
-        raise DomainError("non_canonical", f"{path}: {type(obj).__name__} values are not allowed "
-                          "(no floats: tonnes are integers, money is a decimal string)")
+_SCALARS = (str, bool, type(None))
+
+
+def _check_canonical_types(obj: Any) -> None:
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            for k, v in value.items():
+                if type(k) is not str or not k.isascii():
+                    raise DomainError("non_canonical", f"object keys must be ASCII strings, not {k!r}")
+                if type(v) not in _SCALARS:
+                    stack.append(v)
+        elif kind is list:
+            stack.extend(v for v in value if type(v) not in _SCALARS)
+        elif kind is int:
+            if not -_MAX_INT <= value <= _MAX_INT:
+                raise DomainError("non_canonical", f"integer {value} is beyond ±2^53")
+        elif kind not in _SCALARS:
+            raise DomainError("non_canonical", f"{kind.__name__} values are not allowed (no floats: "
+                              "tonnes are integers, money is a decimal string)")
+
+
+def _checked_int(text: str) -> int:
+    value = int(text)
+    if not -_MAX_INT <= value <= _MAX_INT:
+        raise DomainError("non_canonical", f"integer {value} is beyond ±2^53")
+    return value
+
+
+def _ascii_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    for k, _ in pairs:
+        if not k.isascii():
+            raise DomainError("non_canonical", f"object keys must be ASCII strings, not {k!r}")
+    return dict(pairs)
 
 
 def _no_float(text: str) -> Any:
@@ -77,10 +101,11 @@ def parse_canonical(body: bytes) -> Any:
         raise DomainError("invalid_argument", f"the body is {len(body)} bytes; at most "
                           f"{MAX_BODY_BYTES} are accepted")
     try:
-        obj = json.loads(body.decode("utf-8"), parse_float=_no_float, parse_constant=_no_float)
+        obj = json.loads(body.decode("utf-8"), parse_float=_no_float, parse_constant=_no_float,
+                         parse_int=_checked_int, object_pairs_hook=_ascii_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DomainError("invalid_argument", f"the body is not JSON: {e}") from None
-    if canonical_json(obj) != body:
+    if canonical_json(obj, checked=True) != body:
         raise DomainError("non_canonical", "the body is not in canonical JSON form (keys sorted, no "
                           "white space, UTF-8 without escapes); sign and send canonical_json(command)")
     return obj

@@ -205,6 +205,16 @@ class LedgerTables:
                            r["topic"], bytes(r["state"]), bytes(r["chain"] or b""))
                     for r in c.fetchall()]
 
+    def position_of(self, aggregate_id: UUID, version: int) -> int | None:
+        """The log position of one event (e.g. a command's record, to answer a retry with it)."""
+        P = self.P
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT {self.POS} AS position FROM {self._t(self.events_table_name)} "
+                      f"WHERE originator_id = {P} AND originator_version = {P}",
+                      (self._oid(aggregate_id), version))
+            row = c.fetchone()
+        return row["position"] if row else None
+
     def head(self) -> tuple[int, bytes]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")

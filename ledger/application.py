@@ -230,6 +230,12 @@ class Registry(Application):
         if checkpointer is not None and checkpointer.due():
             checkpointer.make()
 
+    def state_at_head(self) -> tuple[Genesis | None, int, bytes]:
+        """(genesis, position, state commitment root) of the live projection, read atomically."""
+        with self._projection_lock:
+            projection = self._live_projection()
+            return projection.genesis, projection.position, projection.commitment.root()
+
     def rebuild(self, progress: Callable[[Progress], None] | None = None) -> Projection:
         """Replay every projection from position zero and make it the in-process one."""
         fresh = Projection(self)

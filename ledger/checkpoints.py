@@ -145,13 +145,12 @@ class Checkpointer:
 
     def _make(self) -> tuple[Checkpoint, bytes]:
         app = self.app
-        projection = app.projection()
-        genesis = projection.genesis
+        # The size and the state it commits to are read together, before anything can move on.
+        genesis, size, state_root = app.state_at_head()
         if genesis is None:
             raise DomainError("unknown_participant", "the registry is not initialised")
         if K.public_text(self.key) != genesis.operator_key:
             raise DomainError("unknown_key", "this key is not the operator key pinned by genesis")
-        size = projection.position
         tree = app.log_tree(size)
         latest = app.recorder.latest_checkpoint()
         if latest is not None:
@@ -165,8 +164,8 @@ class Checkpointer:
                 raise DomainError("log_inconsistent", f"the log no longer extends the checkpoint at size "
                                   f"{last.size}; refusing to sign an inconsistent checkpoint")
         chain = app.recorder.select_records(size, 1, stop=size)[0].chain if size else GENESIS_CHAIN
-        cp = Checkpoint(genesis.origin, size, tree.root_at(size), chain,
-                        projection.commitment.root(), int(app.clock()))
+        cp = Checkpoint(genesis.origin, size, tree.root_at(size), chain, state_root,
+                        int(app.clock()))
         signature = self.key.sign(cp.body())
         try:
             app.recorder.insert_checkpoint(size, cp.body(), signature)

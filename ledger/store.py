@@ -326,6 +326,8 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
             "PRIMARY KEY (originator_id, originator_version))"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
         self.sql_create_statements.extend(SQL(s) for s in self.ledger_statements("bytea"))  # type: ignore[arg-type]
+        # POSTGRES_ENABLE_DB_FUNCTIONS stays off: do not create the insert function at all.
+        del self.sql_create_statements[self.create_insert_function_statement_index]
 
     def _t(self, name: str) -> str:
         return f'"{self.datastore.schema}"."{name}"'
@@ -333,11 +335,21 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
     def _oid(self, originator_id: UUID) -> Any:
         return originator_id
 
+    SCHEMA_LOCK_KEY = 0x636C7363  # ("clsc") serialises schema creation between processes
+
     def create_table(self) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(
-                Identifier(self.datastore.schema)))
-        super().create_table()
+        """Create the schema and tables; several processes opening at once take turns."""
+        with self.datastore.get_connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (self.SCHEMA_LOCK_KEY,))
+            conn.commit()
+            try:
+                with self.datastore.transaction(commit=True) as c:
+                    c.execute(SQL("CREATE SCHEMA IF NOT EXISTS {0}").format(
+                        Identifier(self.datastore.schema)))
+                super().create_table()
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self.SCHEMA_LOCK_KEY,))
+                conn.commit()
 
     def _lock(self, c: Any) -> None:
         self._lock_table(c)

@@ -154,7 +154,7 @@ class Ticket(LedgerAggregate):
         ranges: list
 
         def apply(self, agg: Ticket) -> None:
-            agg.blocks = B.reassign(agg.blocks, self.ranges, self.buyer, AVAILABLE, "")
+            B.reassign_in_place(agg.blocks, self.ranges, self.buyer, AVAILABLE, "")
 
     class Pledged(LedgerAggregate.Event):
         pledge_id: str
@@ -162,7 +162,7 @@ class Ticket(LedgerAggregate):
         ranges: list
 
         def apply(self, agg: Ticket) -> None:
-            agg.blocks = B.reassign(agg.blocks, self.ranges, self.pledgor, PLEDGED, self.pledge_id)
+            B.reassign_in_place(agg.blocks, self.ranges, self.pledgor, PLEDGED, self.pledge_id)
 
     class PledgeReleased(LedgerAggregate.Event):
         pledge_id: str
@@ -170,7 +170,7 @@ class Ticket(LedgerAggregate):
         ranges: list
 
         def apply(self, agg: Ticket) -> None:
-            agg.blocks = B.reassign(agg.blocks, self.ranges, self.pledgor, AVAILABLE, "")
+            B.reassign_in_place(agg.blocks, self.ranges, self.pledgor, AVAILABLE, "")
 
     class PledgeEnforced(LedgerAggregate.Event):
         pledge_id: str
@@ -179,7 +179,7 @@ class Ticket(LedgerAggregate):
         ranges: list
 
         def apply(self, agg: Ticket) -> None:
-            agg.blocks = B.reassign(agg.blocks, self.ranges, self.to, AVAILABLE, "")
+            B.reassign_in_place(agg.blocks, self.ranges, self.to, AVAILABLE, "")
 
     class Retired(LedgerAggregate.Event):
         retirement_id: str
@@ -187,7 +187,7 @@ class Ticket(LedgerAggregate):
         ranges: list
 
         def apply(self, agg: Ticket) -> None:
-            agg.blocks = B.reassign(agg.blocks, self.ranges, self.holder, RETIRED, self.retirement_id)
+            B.reassign_in_place(agg.blocks, self.ranges, self.holder, RETIRED, self.retirement_id)
 
     class Cancelled(LedgerAggregate.Event):
         """Units taken out of existence: an issuer's administrative cancellation or a reversal."""
@@ -198,7 +198,7 @@ class Ticket(LedgerAggregate):
         ranges: list
 
         def apply(self, agg: Ticket) -> None:
-            agg.blocks = B.reassign(agg.blocks, self.ranges, self.holder, CANCELLED, self.cancellation_ref)
+            B.reassign_in_place(agg.blocks, self.ranges, self.holder, CANCELLED, self.cancellation_ref)
 
     def transfer(self, *, ranges, trade_id: str, exchange: str, seller: str, buyer: str,
                  actor: str, command_id: str) -> None:

@@ -49,7 +49,7 @@ def _fork_from(state: Projection, aggregate_id: UUID) -> LedgerAggregate | None:
     agg = state.aggregates.get(aggregate_id)
     if agg is not None:
         return agg.fork()
-    if aggregate_id in state.trade_ids:
+    if aggregate_id.hex in state.trade_ids:
         return _TRADE_SEEN
     return None
 

@@ -73,6 +73,23 @@ def entry(agg: LedgerAggregate) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+def key_of(agg: LedgerAggregate) -> str | None:
+    """The commitment key of an aggregate, without building its value."""
+    if isinstance(agg, Ticket):
+        return f"ticket/{agg.ticket_no}"
+    if isinstance(agg, Pledge):
+        return f"pledge/{agg.pledge_id}"
+    if isinstance(agg, Participant):
+        return f"participant/{agg.participant_id}"
+    if isinstance(agg, Policy):
+        return f"policy/{agg.policy_id}"
+    if isinstance(agg, Retirement):
+        return f"retirement/{agg.retirement_id}"
+    if isinstance(agg, ComplianceAccount):
+        return f"compliance/{agg.entity}/{agg.scheme}/{agg.period}"
+    return None
+
+
 def leaf_bytes(key: str, value: dict[str, Any]) -> bytes:
     return canonical_json({"key": key, "value": value}, checked=True)
 
@@ -88,10 +105,9 @@ class StateCommitment:
 
     def touch(self, agg: LedgerAggregate) -> None:
         """Note that an aggregate changed; its leaf is recomputed at the next root()."""
-        found = entry(agg)
-        if found is None:
+        key = key_of(agg)
+        if key is None:
             return
-        key = found[0]
         if key not in self._aggregates:
             insort(self._keys, key)
         self._aggregates[key] = agg

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from domain import commands as C
-from domain.errors import DomainError
+from domain.errors import CODES, DomainError
 from ledger import demo as demo_story
 from ledger.application import Registry
 from ledger.audit import AuditReport, audit_database, audit_export, export
@@ -174,8 +174,37 @@ def _as_of(args: argparse.Namespace, app: Registry):
     return app.projection(as_of=args.as_of)
 
 
+def _remote(args: argparse.Namespace) -> Any:
+    """A signed HTTP client for --url, acting as --as with its key from --keys (or unsigned)."""
+    from api.client import Client
+
+    who = getattr(args, "actor", None)
+    key = None
+    if who:
+        folder = Path(args.keys) if getattr(args, "keys", None) else None
+        if folder is None:
+            raise DomainError("invalid_argument", "--as needs --keys DIR holding <participant>.key")
+        key = Keyring(folder).get(who)
+    return Client(args.url, who, key)
+
+
+def _remote_get(args: argparse.Namespace, path: str, **params: Any) -> Any:
+    from api.client import ApiError
+
+    client = _remote(args)
+    try:
+        return client.get(path, params)
+    except ApiError as e:
+        raise DomainError(e.code if e.code in CODES else "invalid_argument", e.detail) from None
+    finally:
+        client.close()
+
+
 def cmd_balances(args: argparse.Namespace) -> int:
-    view = _as_of(args, _open(args)).balances(args.holder)
+    if getattr(args, "url", None):
+        view = _remote_get(args, f"/v1/accounts/{args.holder}/balances", as_of=args.as_of)
+    else:
+        view = _as_of(args, _open(args)).balances(args.holder)
     if args.json:
         _print_json(view)
     else:
@@ -198,7 +227,10 @@ def _print_balances(view: dict[str, Any]) -> None:
 
 
 def cmd_ticket(args: argparse.Namespace) -> int:
-    view = _as_of(args, _open(args)).ticket(args.ticket_no)
+    if getattr(args, "url", None):
+        view = _remote_get(args, f"/v1/tickets/{args.ticket_no}", as_of=args.as_of)
+    else:
+        view = _as_of(args, _open(args)).ticket(args.ticket_no)
     if args.json:
         _print_json(view)
     else:
@@ -222,11 +254,13 @@ def _print_ticket(view: dict[str, Any]) -> None:
 
 
 def cmd_pledges(args: argparse.Namespace) -> int:
-    app = _open(args)
-    projection = _as_of(args, app)
-    if args.bank:
-        projection._require_participant(args.bank)
-    view = projection.pledge_register(args.bank)
+    if getattr(args, "url", None):
+        view = _remote_get(args, "/v1/pledges", bank=args.bank, as_of=args.as_of)
+    else:
+        projection = _as_of(args, _open(args))
+        if args.bank:
+            projection._require_participant(args.bank)
+        view = projection.pledge_register(args.bank)
     if args.json:
         _print_json(view)
         return 0
@@ -243,7 +277,10 @@ def cmd_pledges(args: argparse.Namespace) -> int:
 
 
 def cmd_compliance(args: argparse.Namespace) -> int:
-    view = _as_of(args, _open(args)).compliance_view(args.entity, args.scheme, args.period)
+    if getattr(args, "url", None):
+        view = _remote_get(args, f"/v1/compliance/{args.entity}/{args.scheme}/{args.period}")
+    else:
+        view = _as_of(args, _open(args)).compliance_view(args.entity, args.scheme, args.period)
     if args.json:
         _print_json(view)
     else:
@@ -269,9 +306,12 @@ def _print_compliance(view: dict[str, Any]) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    app = _open(args)
-    projection = _as_of(args, app)
-    view = projection.history(ticket=args.ticket, holder=args.holder)
+    if getattr(args, "url", None):
+        if not args.ticket:
+            raise DomainError("invalid_argument", "over HTTP, history is per ticket (--ticket)")
+        view = _remote_get(args, f"/v1/tickets/{args.ticket}/history")
+    else:
+        view = _as_of(args, _open(args)).history(ticket=args.ticket, holder=args.holder)
     if args.json:
         _print_json(view)
         return 0
@@ -508,7 +548,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         raise DomainError("invalid_argument", f"the command is not valid JSON: {e}") from None
     command = C.parse(data)  # refuse malformed input before signing anything
-    outcome = _open(args).submit(command.name, command.actor, command.command_id, data["args"])
+    if getattr(args, "url", None):
+        from api.client import ApiError
+
+        args.actor = command.actor
+        client = _remote(args)
+        try:
+            outcome = client.command(command.name, data["args"], command.command_id)
+        except ApiError as e:
+            raise DomainError(e.code if e.code in CODES else "invalid_argument", e.detail) from None
+        finally:
+            client.close()
+    else:
+        outcome = _open(args).submit(command.name, command.actor, command.command_id, data["args"])
     _print_json(outcome)
     return 0
 
@@ -529,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "<db file>.keys)")
     reads = argparse.ArgumentParser(add_help=False)
     reads.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    remote_write = argparse.ArgumentParser(add_help=False)
+    remote_write.add_argument("--url", default=None,
+                              help="send to a registry over HTTP, signed with the actor's key from --keys")
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--url", default=None, help="ask a registry over HTTP instead of --db")
+    remote.add_argument("--as", dest="actor", default=None, metavar="PARTICIPANT",
+                        help="with --url: sign as this participant (its key from --keys)")
     as_of = argparse.ArgumentParser(add_help=False)
     as_of.add_argument("--as-of", type=int, default=None, metavar="N",
                        help="answer as of log position N")
@@ -555,26 +614,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common, reads], help="load the Sanming demo story")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("balances", parents=[common, reads, as_of], help="a holder's balances")
+    p = sub.add_parser("balances", parents=[common, reads, as_of, remote], help="a holder's balances")
     p.add_argument("holder")
     p.set_defaults(func=cmd_balances)
 
-    p = sub.add_parser("ticket", parents=[common, reads, as_of], help="a ticket's supply and blocks")
+    p = sub.add_parser("ticket", parents=[common, reads, as_of, remote], help="a ticket's supply and blocks")
     p.add_argument("ticket_no")
     p.set_defaults(func=cmd_ticket)
 
-    p = sub.add_parser("pledges", parents=[common, reads, as_of], help="the pledge register")
+    p = sub.add_parser("pledges", parents=[common, reads, as_of, remote], help="the pledge register")
     p.add_argument("--bank", default=None, help="only pledges to this bank")
     p.set_defaults(func=cmd_pledges)
 
-    p = sub.add_parser("compliance", parents=[common, reads, as_of],
+    p = sub.add_parser("compliance", parents=[common, reads, as_of, remote],
                        help="offset usage and headroom of an entity")
     p.add_argument("entity")
     p.add_argument("scheme")
     p.add_argument("period")
     p.set_defaults(func=cmd_compliance)
 
-    p = sub.add_parser("history", parents=[common, reads, as_of], help="events of a ticket or holder")
+    p = sub.add_parser("history", parents=[common, reads, as_of, remote], help="events of a ticket or holder")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--ticket")
     g.add_argument("--holder")
@@ -651,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command-id", default=None)
     p.set_defaults(func=cmd_rotate_key)
 
-    p = sub.add_parser("submit", parents=[common],
+    p = sub.add_parser("submit", parents=[common, remote_write],
                        help="execute a command given as JSON (file or - for stdin)")
     p.add_argument("file")
     p.set_defaults(func=cmd_submit)

@@ -402,6 +402,17 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         require(caller, False, f"{holder}'s balances")
         return view
 
+    @app.get("/v1/pledges", summary="The pledge register (a bank: its own; regulators: all)",
+             responses=read_responses)
+    def list_pledges(request: Request, bank: str | None = Query(None),
+                     as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> list[dict[str, Any]]:
+        caller = caller_of(request)
+        if not caller.regulator:
+            require(caller, caller.role == "bank" and bank in (None, caller.participant_id),
+                    "the pledge register")
+            bank = caller.participant_id
+        return reg().projection(as_of=as_of).pledge_register(bank)
+
     @app.get("/v1/pledges/{pledge_id}", summary="A pledge (its bank, its pledgor, regulators)",
              responses=read_responses)
     def get_pledge(request: Request, pledge_id: str) -> dict[str, Any]:

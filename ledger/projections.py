@@ -79,6 +79,8 @@ class Projection:
         self._holder_fields: dict[str, tuple[str, ...]] = {}
         self._transcoder = app.mapper.transcoder
         self.key_owner: dict[str, str] = {}  # key id -> participant id
+        # key id -> the command positions from which, and until which, the key signs
+        self.key_positions: dict[str, dict[str, int | None]] = {}
         self.trade_ids: set[str] = set()  # every trade's aggregate id, in hex
         self.holder_tickets: dict[str, set[str]] = {}
         # (record position, command position) of each event that concerns a ticket or a holder
@@ -158,8 +160,12 @@ class Projection:
                 self._index(agg)
             if isinstance(agg, Participant):  # registration, keys, freezes, mandates
                 self.holder_history.setdefault(agg.participant_id, []).append(pos)
-                for key_id in agg.keys:
+                for key_id, entry in agg.keys.items():
                     self.key_owner[key_id] = agg.participant_id
+                    span = self.key_positions.setdefault(key_id, {"valid_from_position": command_position,
+                                                                  "valid_until_position": None})
+                    if entry["status"] != "active" and span["valid_until_position"] is None:
+                        span["valid_until_position"] = command_position
 
     def _uuid(self, stored: Any) -> UUID:
         """Aggregate ids as UUIDs, made once per aggregate (the store may give hex strings)."""
@@ -368,7 +374,8 @@ class Projection:
         p = self._require_participant(participant_id)
         return {"participant_id": p.participant_id, "name": p.name, "role": p.role,
                 "frozen": p.frozen, "frozen_by": sorted(p.freezes), "mandates": sorted(p.mandates),
-                "keys": [{"key_id": k, **v} for k, v in p.keys.items()]}
+                "keys": [{"key_id": k, **v, **self.key_positions.get(k, {})}
+                         for k, v in p.keys.items()]}
 
     def project(self, project_id: str) -> dict[str, Any]:
         p = self.projects.get(project_id)

@@ -102,7 +102,7 @@ class Registry(Application):
                 uow = UnitOfWork(partial(_fork_from, state))
                 authenticate(uow, command, signed, actor_sig, consents, now=int(self.clock()),
                              verify=verify_now)
-                prior = self._record_of(command.command_id)
+                prior = self._record_of(command.command_id, state)
                 if prior is not None:
                     return self._replayed(prior, command, digest, actor_sig)
                 try:
@@ -136,7 +136,10 @@ class Registry(Application):
                           f"concurrent writes after {MAX_ATTEMPTS} attempts; retry it",
                           attempts=MAX_ATTEMPTS)
 
-    def _record_of(self, command_id: str) -> CommandRecord | None:
+    def _record_of(self, command_id: str, state: Projection | None = None) -> CommandRecord | None:
+        """The record of a command id, if one was accepted (known to `state` when given)."""
+        if state is not None and CommandRecord.id_for(command_id).hex not in state.record_ids:
+            return None
         try:
             return self.repository.get(CommandRecord.id_for(command_id))
         except AggregateNotFoundError:

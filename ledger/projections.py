@@ -82,6 +82,7 @@ class Projection:
         # key id -> the command positions from which, and until which, the key signs
         self.key_positions: dict[str, dict[str, int | None]] = {}
         self.trade_ids: set[str] = set()  # every trade's aggregate id, in hex
+        self.record_ids: set[str] = set()  # every command record's aggregate id, in hex
         self.holder_tickets: dict[str, set[str]] = {}
         # (record position, command position) of each event that concerns a ticket or a holder
         self.ticket_history: dict[str, list[tuple[int, int]]] = {}
@@ -93,19 +94,25 @@ class Projection:
                  progress: Callable[[Progress], None] | None = None) -> int:
         """Apply notifications after `position` up to `upto` (inclusive; None = the end)."""
         recorder = self.app.recorder
-        end = recorder.max_notification_id() or 0
-        if upto is not None:
-            end = min(end, upto)
+        # Without a bound or progress to report, reading until a page comes back short is one
+        # query when nothing is new (the common case on the write path).
+        if upto is None and progress is None:
+            end = 1 << 62
+        else:
+            end = recorder.max_notification_id() or 0
+            if upto is not None:
+                end = min(end, upto)
         start_t = time.perf_counter()
         applied = 0
-        total = max(end - self.position, 0)
+        total = max(end - self.position, 0) if end < 1 << 62 else 0
         # Events are applied a whole command at a time. A command's position is that of its last
         # record (its CommandRecord, where it commits): as of N means every command whose position
         # is N or less, so no read ever shows half of a command.
         pending: list[Any] = []
         read_to = self.position
         while read_to < end:
-            batch = recorder.select_raw(read_to + 1, PAGE, stop=end, without_state=_SKIPPED_PREFIXES)
+            batch = recorder.select_raw(read_to + 1, PAGE, stop=end if end < 1 << 62 else None,
+                                        without_state=_SKIPPED_PREFIXES)
             if not batch:
                 break
             for row in batch:
@@ -117,17 +124,20 @@ class Projection:
                     self.position = row[0]
                     pending = []
             read_to = batch[-1][0]
+            if len(batch) < PAGE and end == 1 << 62:
+                break
             if progress:
                 progress(Progress(applied, total, time.perf_counter() - start_t))
         self.events_applied += applied
-        self.as_of = end if upto is not None else self.position
+        self.as_of = min(end, upto) if upto is not None else self.position
         return applied
 
     def _apply(self, row: tuple[Any, ...], command_position: int) -> None:
         position, oid, version, topic, state = row
         if topic.startswith(_SKIPPED_PREFIXES):
-            if topic.startswith(_TRADE_PREFIX):  # only whether a trade id is taken matters
-                self.trade_ids.add(oid.hex if isinstance(oid, UUID) else oid)
+            # Only whether a trade id or a command id is taken matters here.
+            (self.trade_ids if topic.startswith(_TRADE_PREFIX) else self.record_ids).add(
+                oid.hex if isinstance(oid, UUID) else oid)
             return
         event = self._decode(topic, self._uuid(oid), version, state)
         agg = self.aggregates.get(event.originator_id)

@@ -137,8 +137,17 @@ class LedgerTables:
     def _oid(self, originator_id: UUID) -> Any:
         return originator_id.hex
 
+    _uuids: dict[str, UUID] = {}
+
     def _uuid(self, value: Any) -> UUID:
-        return value if isinstance(value, UUID) else UUID(value)
+        if isinstance(value, UUID):
+            return value
+        found = self._uuids.get(value)
+        if found is None:
+            if len(self._uuids) > 200_000:  # a bounded memo: aggregates recur, trades do not
+                self._uuids.clear()
+            found = self._uuids[value] = UUID(value)
+        return found
 
     def _lock(self, c: Any) -> None:
         """Take the store's write lock before reading the head of the chain."""

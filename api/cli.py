@@ -44,8 +44,13 @@ def _keys_dir(args: argparse.Namespace) -> Path:
     return Path(args.keys) if getattr(args, "keys", None) else default_keys_dir(db_url(args.db))
 
 
+_opened: list[Registry] = []
+
+
 def _open(args: argparse.Namespace) -> Registry:
-    return Registry(args.db, keyring=Keyring(_keys_dir(args)))
+    app = Registry(args.db, keyring=Keyring(_keys_dir(args)))
+    _opened.append(app)  # closed when the command ends, so its files are settled
+    return app
 
 
 def _progress_bar(label: str) -> tuple[Progress, Callable[[ProjectionProgress], None]]:
@@ -498,6 +503,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     source = Registry(args.source)
     target = Registry(args.target)
+    _opened.extend((source, target))
     bar, update = _audit_progress("migrating")
     with bar:
         result = migrate(source, target, update)
@@ -733,6 +739,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # bad database URLs and the like
         err.print(f"[red]error[/] invalid_argument: {e}")
         return EXIT_USAGE
+    finally:
+        while _opened:
+            _opened.pop().close()
 
 
 if __name__ == "__main__":  # pragma: no cover

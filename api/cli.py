@@ -16,6 +16,7 @@ from rich.table import Table
 
 from domain import commands as C
 from domain.errors import CODES, DomainError
+from domain.genesis import Genesis
 from ledger import demo as demo_story
 from ledger.application import Registry
 from ledger.audit import AuditReport, audit_database, audit_export, export
@@ -283,7 +284,8 @@ def cmd_pledges(args: argparse.Namespace) -> int:
 
 def cmd_compliance(args: argparse.Namespace) -> int:
     if getattr(args, "url", None):
-        view = _remote_get(args, f"/v1/compliance/{args.entity}/{args.scheme}/{args.period}")
+        view = _remote_get(args, f"/v1/compliance/{args.entity}/{args.scheme}/{args.period}",
+                           as_of=args.as_of)
     else:
         view = _as_of(args, _open(args)).compliance_view(args.entity, args.scheme, args.period)
     if args.json:
@@ -312,8 +314,9 @@ def _print_compliance(view: dict[str, Any]) -> None:
 
 def cmd_history(args: argparse.Namespace) -> int:
     if getattr(args, "url", None):
-        if not args.ticket:
-            raise DomainError("invalid_argument", "over HTTP, history is per ticket (--ticket)")
+        if not args.ticket or args.as_of is not None:
+            raise DomainError("invalid_argument", "over HTTP, history is per ticket (--ticket) and "
+                              "as of now (no --as-of)")
         view = _remote_get(args, f"/v1/tickets/{args.ticket}/history")
     else:
         view = _as_of(args, _open(args)).history(ticket=args.ticket, holder=args.holder)
@@ -420,8 +423,10 @@ def _print_audit(report: AuditReport, as_json: bool) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     app = _open(args)
     pinned = args.operator_key
-    if pinned is None and app.keyring is not None and app.keyring.folder is not None:
-        pub = app.keyring.folder / "registry.pub"
+    genesis = app.get_aggregate(Genesis, Genesis.id_for())
+    if pinned is None and genesis is not None and app.keyring is not None and app.keyring.folder:
+        # The operator's public key file beside its private key, written by `init`.
+        pub = app.keyring.folder / f"{genesis.operator_id}.pub"
         if pub.exists():
             pinned = pub.read_text(encoding="ascii").strip()
     bar, update = _audit_progress("verifying")

@@ -417,6 +417,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
              responses=read_responses)
     def get_pledge(request: Request, pledge_id: str) -> dict[str, Any]:
         caller = caller_of(request)
+        require(caller, caller.participant_id is not None, "a pledge")
         view = reg().projection().pledge(pledge_id)
         require(caller, caller.regulator or caller.participant_id in (view["pledgee"], view["pledgor"]),
                 f"pledge {pledge_id}")
@@ -426,6 +427,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
              responses=read_responses)
     def get_pledge_proof(request: Request, pledge_id: str) -> dict[str, Any]:
         caller = caller_of(request)
+        require(caller, caller.participant_id is not None, "a pledge proof")
         view = reg().projection().pledge(pledge_id)
         require(caller, caller.regulator or caller.participant_id in (view["pledgee"], view["pledgor"]),
                 f"pledge {pledge_id}")
@@ -434,6 +436,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/policies/{policy_id}", summary="A policy and its claims", responses=read_responses)
     def get_policy(request: Request, policy_id: str) -> dict[str, Any]:
         caller = caller_of(request)
+        require(caller, caller.participant_id is not None, "a policy")
         view = reg().projection().policy(policy_id)
         require(caller, caller.regulator or caller.participant_id in (
             view["insurer"], view["insured"], view["loss_payee"]), f"policy {policy_id}")
@@ -442,6 +445,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/claims/{claim_id}", summary="A claim", responses=read_responses)
     def get_claim(request: Request, claim_id: str) -> dict[str, Any]:
         caller = caller_of(request)
+        require(caller, caller.participant_id is not None, "a claim")
         projection = reg().projection()
         view = projection.claim(claim_id)
         policy = projection.policies[view["policy_id"]]
@@ -462,11 +466,12 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.get("/v1/compliance/{entity}/{scheme}/{period}", summary="Offset usage and headroom",
              responses=read_responses)
-    def get_compliance(request: Request, entity: str, scheme: str, period: str) -> dict[str, Any]:
+    def get_compliance(request: Request, entity: str, scheme: str, period: str,
+                       as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
         caller = caller_of(request)
         require(caller, caller.regulator or caller.participant_id == entity,
                 f"{entity}'s compliance account")
-        return reg().projection().compliance_view(entity, scheme, period)
+        return reg().projection(as_of=as_of).compliance_view(entity, scheme, period)
 
     @app.get("/v1/log", summary="Log records with their chain values (regulators)",
              responses=read_responses)

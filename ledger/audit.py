@@ -414,6 +414,7 @@ class Auditor:
                             f"signed at size {size}: records after {position} were removed")
         except _Stop as stop:
             report.failure = stop.failure
+            report.records = max(stop.failure.position - 1, 0)
         failures = sigs.finish()
         report.signatures = sigs.count
         if failures:

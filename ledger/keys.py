@@ -174,5 +174,12 @@ def default_keys_dir(db_url: str) -> Path:
     path = sqlite_path(db_url)
     if path is not None and path != ":memory:":
         return Path(path + ".keys")
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in db_url.split("://")[-1])
+    # Other stores: one folder per host, port, database and schema — never the password or
+    # connection options, which may change without the registry changing.
+    from urllib.parse import parse_qs, urlparse
+
+    parsed = urlparse(db_url)
+    schema = parse_qs(parsed.query).get("schema", ["public"])[-1]
+    name = f"{parsed.hostname}_{parsed.port or 5432}_{parsed.path.lstrip('/')}_{schema}"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     return Path.home() / ".carbon-ledger" / "keys" / safe

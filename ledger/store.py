@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -398,7 +399,10 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
     def max_notification_id(self) -> int | None:
         return self.head()[0]
 
-    SIGNER_LOCK_KEY = 0x636C6564  # an advisory-lock id of our own ("cled")
+    @property
+    def SIGNER_LOCK_KEY(self) -> int:  # noqa: N802 - a constant per schema
+        """An advisory-lock id of our own, one per schema (registries side by side)."""
+        return 0x636C6564_00000000 + (zlib.crc32(self.datastore.schema.encode()) & 0x7FFFFFFF)
 
     @contextmanager
     def signer_lock(self) -> Iterator[bool]:

@@ -32,9 +32,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID, uuid4
 
-from eventsourcing.persistence import IntegrityError, StoredEvent
+import psycopg
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
+from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
 from ledger import merkle
@@ -153,6 +155,12 @@ class LedgerTables:
     def _lock(self, c: Any) -> None:
         """Take the store's write lock before reading the head of the chain."""
 
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A cursor for reads (the library's transaction, for SQLite)."""
+        with self.datastore.transaction(commit=False) as c:
+            yield c
+
     def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet) -> list[int]:
         P, head = self.P, self._t("ledger_head")
         self._lock(c)
@@ -209,7 +217,7 @@ class LedgerTables:
             params.append(stop)
         sql += f" ORDER BY {self.POS} LIMIT {P}"
         params.append(limit)
-        with self.datastore.transaction(commit=False) as c:
+        with self._reading() as c:
             c.execute(sql, params)
             return [Record(r["position"], self._uuid(r["originator_id"]), r["originator_version"],
                            r["topic"], bytes(r["state"]), bytes(r["chain"] or b""))
@@ -236,14 +244,14 @@ class LedgerTables:
             params.append(stop)
         sql += f" ORDER BY {self.POS} LIMIT {P}"
         params.append(limit)
-        with self.datastore.transaction(commit=False) as c:
+        with self._reading() as c:
             c.execute(sql, params)
             return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in c.fetchall()]
 
     def position_of(self, aggregate_id: UUID, version: int) -> int | None:
         """The log position of one event (e.g. a command's record, to answer a retry with it)."""
         P = self.P
-        with self.datastore.transaction(commit=False) as c:
+        with self._reading() as c:
             c.execute(f"SELECT {self.POS} AS position FROM {self._t(self.events_table_name)} "
                       f"WHERE originator_id = {P} AND originator_version = {P}",
                       (self._oid(aggregate_id), version))
@@ -251,7 +259,7 @@ class LedgerTables:
         return row["position"] if row else None
 
     def head(self) -> tuple[int, bytes]:
-        with self.datastore.transaction(commit=False) as c:
+        with self._reading() as c:
             c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
             row = c.fetchone()
         return (row["size"], bytes(row["chain"])) if row else (0, GENESIS_CHAIN)
@@ -271,13 +279,13 @@ class LedgerTables:
                       f"VALUES ({P}, {P}, {P})", (size, body, signature))
 
     def select_checkpoints(self, after: int = -1) -> list[tuple[int, bytes, bytes]]:
-        with self.datastore.transaction(commit=False) as c:
+        with self._reading() as c:
             c.execute(f"SELECT size, body, signature FROM {self._t('checkpoints')} "
                       f"WHERE size > {self.P} ORDER BY size", (after,))
             return [(r["size"], bytes(r["body"]), bytes(r["signature"])) for r in c.fetchall()]
 
     def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
-        with self.datastore.transaction(commit=False) as c:
+        with self._reading() as c:
             c.execute(f"SELECT size, body, signature FROM {self._t('checkpoints')} "
                       "ORDER BY size DESC LIMIT 1")
             r = c.fetchone()
@@ -296,7 +304,7 @@ class LedgerTables:
         if size is not None:
             sql += f" WHERE size = {self.P}"
             params = (size,)
-        with self.datastore.transaction(commit=False) as c:
+        with self._reading() as c:
             c.execute(sql + " ORDER BY size, witness", params)
             return [(r["size"], r["witness"], r["key_id"], bytes(r["signature"]))
                     for r in c.fetchall()]
@@ -369,6 +377,16 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
 
     def _oid(self, originator_id: UUID) -> Any:
         return originator_id
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """Reads straight from the pool: one round trip, not the library's three (BEGIN, the
+        query, ROLLBACK) and its per-connection checks; the pool resets the connection."""
+        try:
+            with self.datastore.pool.connection() as conn, conn.cursor(row_factory=dict_row) as c:
+                yield c
+        except psycopg.OperationalError as e:
+            raise OperationalError(str(e)) from e
 
     SCHEMA_LOCK_KEY = 0x636C7363  # ("clsc") serialises schema creation between processes
 

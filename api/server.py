@@ -297,7 +297,6 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         if not wire:
             raise DomainError("unsigned", "the request carries no signature; sign it with RFC 9421")
         digest = request.headers.get("content-digest")
-        projection = reg().projection()
         sigs = []
         for w in wire:
             base = H.base_for(w, method=request.method, path=request.url.path, query="",
@@ -305,7 +304,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             if w.tag == ACTOR_TAG:
                 signer = command.actor
             elif w.tag == CONSENT_TAG:
-                signer = projection.key_owner.get(w.keyid, "")
+                signer = reg().key_owner(w.keyid) or ""
                 if command.name == "rotate_key":  # the new key is not registered yet
                     signer = command["participant_id"]
             else:

@@ -129,9 +129,10 @@ class Registry(Application):
                 recordings = self.events.put(events, read_set=read_set)
             except IntegrityError:
                 continue  # someone else wrote first (or this id was just used): decide again
+            position = recordings[-1].notification.id
             if self.auto_checkpoint:
-                self.maybe_checkpoint()
-            return {**outcome, "position": recordings[-1].notification.id}
+                self.maybe_checkpoint(position)
+            return {**outcome, "position": position}
         raise DomainError("conflict", f"command {command.command_id} kept conflicting with "
                           f"concurrent writes after {MAX_ATTEMPTS} attempts; retry it",
                           attempts=MAX_ATTEMPTS)
@@ -227,11 +228,20 @@ class Registry(Application):
                 self.checkpointer = Checkpointer(self, self.keyring.get(genesis.operator_id))
         return self.checkpointer
 
-    def maybe_checkpoint(self) -> None:
+    def maybe_checkpoint(self, size: int | None = None) -> None:
         """Sign a checkpoint when one is due (every second or 1,000 events while writes happen)."""
         checkpointer = self.operator_checkpointer()
-        if checkpointer is not None and checkpointer.due():
+        if checkpointer is not None and checkpointer.due(size):
             checkpointer.make()
+
+    def key_owner(self, key_id: str) -> str | None:
+        """Whose key this is, from the in-process state (caught up only when the key is new to it).
+
+        Used to label signatures as they arrive; the command's execution checks them again
+        against the caught-up state, so a stale answer can refuse, never admit."""
+        projection = self._projection
+        owner = projection.key_owner.get(key_id) if projection is not None else None
+        return owner if owner is not None else self.projection().key_owner.get(key_id)
 
     def state_at_head(self) -> tuple[Genesis | None, int, bytes]:
         """(genesis, position, state commitment root) of the live projection, read atomically."""

@@ -124,8 +124,9 @@ class Checkpointer:
         self._last_time = 0.0
         self._last_size = -1
 
-    def due(self) -> bool:
-        size = self.app.log_position()
+    def due(self, size: int | None = None) -> bool:
+        """Whether a checkpoint is due at `size` (the log's size, read from the store if None)."""
+        size = self.app.log_position() if size is None else size
         if size <= self._last_size:
             return False
         return (size - self._last_size >= INTERVAL_EVENTS

@@ -184,13 +184,16 @@ class LedgerTables:
             f"INSERT INTO {self._t(self.events_table_name)} (originator_id, originator_version, "
             f"topic, state, {self.POS}, chain) VALUES ({P}, {P}, {P}, {P}, {P}, {P})", rows)
         c.execute(f"UPDATE {head} SET size = {P}, chain = {P} WHERE id = 1", (size, chain))
-        for aggregate_id, version in read_set:
-            c.execute(f"SELECT MAX(originator_version) AS v FROM {self._t(self.events_table_name)} "
-                      f"WHERE originator_id = {P}", (self._oid(aggregate_id),))
-            found = c.fetchone()
-            current = found["v"] if found and found["v"] is not None else 0
-            if current != version:
-                raise StaleRead(f"aggregate {aggregate_id} moved from version {version} to {current}")
+        if read_set:  # one query for every aggregate the command only read
+            marks = ", ".join([P] * len(read_set))
+            c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
+                      f"FROM {self._t(self.events_table_name)} WHERE originator_id IN ({marks}) "
+                      f"GROUP BY originator_id", [self._oid(a) for a, _ in read_set])
+            current = {self._uuid(r["id"]): r["v"] for r in c.fetchall()}
+            for aggregate_id, version in read_set:
+                now = current.get(aggregate_id, 0)
+                if now != version:
+                    raise StaleRead(f"aggregate {aggregate_id} moved from version {version} to {now}")
         return ids
 
     def ledger_statements(self, blob: str) -> list[str]:

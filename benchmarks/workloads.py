@@ -1,0 +1,399 @@
+"""The workloads of the comparison harness; each returns table rows (benchmarks._common.Row)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse, urlunparse
+
+from benchmarks import world
+from benchmarks._child import run_child
+from benchmarks._common import Row, fmt_int, median, say, scratch_dir, sqlite_url
+
+if TYPE_CHECKING:
+    from benchmarks.harness import Sizes
+
+SQLITE_PLAIN_TARGET = 0.5
+PG_PLAIN_TARGET = 0.7
+REBUILD_TARGET = 100_000  # events/s
+REBUILD_RSS_TARGET_MB = 1024
+AUDIT_TARGET = 25_000  # events/s on 2 cores
+PROOF_TARGET_US = 1000
+HTTP_TARGET = 1000  # transfers/s
+HTTP_P99_TARGET_MS = 50
+
+
+# PostgreSQL scratch databases ---------------------------------------------------------------
+
+def pg_available(url: str) -> dict[str, Any] | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3) as con:
+            version = con.execute("SHOW server_version").fetchone()[0]
+        return {"url": url, "version": f"PostgreSQL {version}"}
+    except Exception as e:  # noqa: BLE001
+        say(f"PostgreSQL at {url} does not answer ({str(e).strip().splitlines()[0] if str(e) else e!r});"
+            " its rows are skipped")
+        return None
+
+
+class PgScratch:
+    """One database for the whole harness run (created on first use, dropped WITH (FORCE) at
+    the end); each contender gets a schema of its own in it."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.name = f"clbench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.url = urlunparse(urlparse(admin_url)._replace(path=f"/{self.name}"))
+        self.created = False
+        self.n = 0
+
+    def schema(self, label: str) -> str:
+        import psycopg
+
+        if not self.created:
+            with psycopg.connect(self.admin_url, autocommit=True) as con:
+                con.execute(f'CREATE DATABASE "{self.name}"')
+            self.created = True
+        self.n += 1
+        name = f"{label}_{self.n}"
+        with psycopg.connect(self.url, autocommit=True) as con:
+            con.execute(f'CREATE SCHEMA "{name}"')
+        return name
+
+    def drop(self) -> None:
+        import psycopg
+
+        if self.created:
+            with psycopg.connect(self.admin_url, autocommit=True) as con:
+                con.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self.created = False
+
+
+# Interleaved rounds ---------------------------------------------------------------------------
+
+@dataclass
+class Contender:
+    name: str
+    run: Callable[[int], float]  # do n units of work, return the seconds it took
+    close: Callable[[], None]
+    rates: list[float] = field(default_factory=list)
+
+
+def interleave(contenders: list[Contender], rounds: int, per_round: int, label: str) -> None:
+    """Rounds of `per_round` units each, the order rotating per round so all share the noise."""
+    for r in range(rounds):
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        for c in order:
+            seconds = c.run(per_round)
+            c.rates.append(per_round / seconds)
+        say(f"{label} round {r + 1}/{rounds}: " + ", ".join(
+            f"{c.name} {fmt_int(c.rates[-1])}/s" for c in contenders))
+
+
+def _paired(a: Contender, b: Contender) -> float:
+    return median([x / y for x, y in zip(a.rates, b.rates, strict=True)])
+
+
+def _rates(c: Contender) -> str:
+    return "/".join(fmt_int(x) for x in c.rates)
+
+
+# Our side ---------------------------------------------------------------------------------------
+
+class Ours:
+    """A fresh registry with lanes, and the shapes of the rows one command writes."""
+
+    def __init__(self, url: str, keys: Path, lanes_per_exchange: int) -> None:
+        from ledger.application import Registry
+        from ledger.keys import Keyring
+
+        self.app = Registry(url, keyring=Keyring(keys), auto_checkpoint=True)
+        self.lanes = world.make_lanes(1, lanes_per_exchange)
+        world.setup(self.app, self.lanes)
+        self.stream = world.transfers(self.lanes, "S")
+        self.batch_no = 0
+        self.last_shapes: list[int] = []
+
+    def single(self, n: int) -> float:
+        items = [next(self.stream) for _ in range(n)]
+        submit = self.app.submit
+        t = time.perf_counter()
+        for lane, args in items:
+            submit("transfer", lane.exchange, f"trade/{lane.exchange}/{args['trade_id']}", args)
+        return time.perf_counter() - t
+
+    def batch_items(self, size: int) -> tuple[str, str, list[dict[str, Any]]]:
+        self.batch_no += 1
+        items = [next(self.stream)[1] for _ in range(size)]
+        return self.lanes[0].exchange, f"B{self.batch_no}", items
+
+    def batches(self, n: int, size: int) -> float:
+        prepared = [self.batch_items(size) for _ in range(n)]
+        submit = self.app.submit
+        t = time.perf_counter()
+        for ex, batch_id, items in prepared:
+            submit("settle_batch", ex, f"batch/{ex}/{batch_id}",
+                   {"batch_id": batch_id, "transfers": items})
+        return time.perf_counter() - t
+
+    def shapes_of_last_command(self) -> list[int]:
+        """The state sizes of the rows the last command wrote (for the raw baseline)."""
+        end = self.app.log_position()
+        records = self.app.recorder.select_records(max(end - 4999, 1), 5000, stop=end)
+        rows = []
+        for r in reversed(records):
+            if rows and r.topic.startswith("domain.command:"):
+                break
+            rows.append(len(r.state) + len(r.topic) + 16 + 32)  # + id + chain
+        return rows[::-1]
+
+    def close(self) -> None:
+        self.app.close()
+
+
+# The three contenders on one backend ----------------------------------------------------------
+
+def _trio(store: str, sizes: Sizes, pg: PgScratch | None) -> tuple[Ours, Any, Any]:
+    """Fresh stores for ours, plain eventsourcing and raw inserts, on SQLite files or PostgreSQL."""
+    from benchmarks.baselines import RawPostgres, RawSQLite, plain_postgres, plain_sqlite
+
+    d = scratch_dir(f"write-{store}")
+    if store == "SQLite":
+        return (Ours(sqlite_url(d / "ours.db"), d / "keys", sizes.lanes),
+                plain_sqlite(str(d / "plain.db")), RawSQLite(str(d / "raw.db")))
+    assert pg is not None
+    ours = Ours(f"{pg.url}?schema={pg.schema('ours')}", d / "keys", sizes.lanes)
+    return ours, plain_postgres(pg.url, pg.schema("plain")), RawPostgres(pg.url, pg.schema("raw"))
+
+
+def _backends(pg: PgScratch | None) -> list[tuple[str, float, str, str]]:
+    out = [("SQLite", SQLITE_PLAIN_TARGET, "raw sqlite3 (WAL, sync=FULL)",
+            "plain eventsourcing (SQLite)")]
+    if pg is not None:
+        out.append(("PostgreSQL", PG_PLAIN_TARGET, "raw psycopg inserts",
+                    "plain eventsourcing (PostgreSQL)"))
+    return out
+
+
+# (1) single signed transfers -----------------------------------------------------------------
+
+def single_transfers(sizes: Sizes, pg: PgScratch | None) -> list[Row]:
+    rows: list[Row] = []
+    for store, target, raw_name, plain_name in _backends(pg):
+        ours, plain, raw = _trio(store, sizes, pg)
+        cs: list[Contender] = []
+        try:
+            ours.single(10)  # warm-up, and the shapes of one command's rows
+            shapes = ours.shapes_of_last_command()
+            plain_stream = world.transfers(world.make_lanes(1, len(ours.lanes)), "S")
+
+            def run_plain(n: int, plain: Any = plain, stream: Any = plain_stream) -> float:
+                items = [next(stream)[1] for _ in range(n)]
+                t = time.perf_counter()
+                for args in items:
+                    plain.transfer(args)
+                return time.perf_counter() - t
+
+            def run_raw(n: int, raw: Any = raw, shapes: list[int] = shapes) -> float:
+                t = time.perf_counter()
+                for _ in range(n):
+                    raw.commit_rows(shapes)
+                return time.perf_counter() - t
+
+            run_plain(5)
+            run_raw(5)
+            cs = [Contender("ours", ours.single, ours.close),
+                  Contender("plain", run_plain, plain.close),
+                  Contender("raw", run_raw, raw.close)]
+            per_round = sizes.single_per_round if store == "SQLite" else sizes.pg_single_per_round
+            interleave(cs, sizes.rounds, per_round, f"single {store}")
+        finally:
+            for x in (ours, plain, raw):
+                x.close()
+        o_c, p_c, r_c = cs
+        o, p, r = median(o_c.rates), median(p_c.rates), median(r_c.rates)
+        note = (f"medians of {len(o_c.rates)} interleaved rounds of {per_round}; per round ours "
+                f"{_rates(o_c)}, plain {_rates(p_c)}, raw {_rates(r_c)}; paired-round ratio "
+                f"{_paired(o_c, p_c):.2f}")
+        rows.append(Row(f"transfer, single signed, {store}", o, "transfers/s", p, plain_name,
+                        target=f">= {target} x plain", passed=o / p >= target, notes=note))
+        rows.append(Row(f"transfer, single signed, {store} vs raw", o, "transfers/s", r, raw_name,
+                        target="(storage limit)", passed=None,
+                        notes=f"raw = {len(shapes)} rows of {shapes} bytes per commit, like ours; "
+                        f"paired-round ratio {_paired(o_c, r_c):.2f}"))
+    return rows
+
+
+# (2) signed batches -------------------------------------------------------------------------
+
+def batch_transfers(sizes: Sizes, pg: PgScratch | None) -> list[Row]:
+    rows: list[Row] = []
+    for store, target, raw_name, plain_name in _backends(pg):
+        ours, plain, raw = _trio(store, sizes, pg)
+        plain_stream = world.transfers(world.make_lanes(1, len(ours.lanes)), "S")
+        try:
+            for size, per_round in sizes.batches_per_round.items():
+                ours.batches(1, size)  # warm-up, and the shapes of one batch's rows
+                shapes = ours.shapes_of_last_command()
+
+                def run_plain(n: int, size: int = size, plain: Any = plain,
+                              plain_stream: Any = plain_stream) -> float:
+                    batches = [[next(plain_stream)[1] for _ in range(size)] for _ in range(n)]
+                    t = time.perf_counter()
+                    for items in batches:
+                        plain.transfer_batch(items)
+                    return time.perf_counter() - t
+
+                def run_raw(n: int, shapes: list[int] = shapes, raw: Any = raw) -> float:
+                    t = time.perf_counter()
+                    for _ in range(n):
+                        raw.commit_rows(shapes)
+                    return time.perf_counter() - t
+
+                def run_ours(n: int, size: int = size, ours: Ours = ours) -> float:
+                    return ours.batches(n, size)
+
+                run_plain(1)
+                run_raw(1)
+                cs = [Contender("ours", run_ours, ours.close),
+                      Contender("plain", run_plain, plain.close),
+                      Contender("raw", run_raw, raw.close)]
+                interleave(cs, sizes.batch_rounds, per_round, f"batch {size} {store}")
+                o_c, p_c, r_c = cs
+                o, p, r = (median(c.rates) * size for c in cs)  # batches/s -> transfers/s
+                rows.append(Row(
+                    f"transfer, batch of {fmt_int(size)} signed, {store}", o, "transfers/s", p,
+                    f"{plain_name}, {fmt_int(size)} events/save", target=f">= {target} x plain",
+                    passed=o / p >= target,
+                    notes=f"target carried over from (1); medians of {len(o_c.rates)} interleaved "
+                    f"rounds of {per_round} batch(es); per round (batches/s) ours {_rates(o_c)}, "
+                    f"plain {_rates(p_c)}; paired-round ratio {_paired(o_c, p_c):.2f}"))
+                rows.append(Row(
+                    f"transfer, batch of {fmt_int(size)} signed, {store} vs raw", o, "transfers/s",
+                    r, raw_name, target="(storage limit)", passed=None,
+                    notes=f"raw = {len(shapes)} rows, {fmt_int(sum(shapes))} bytes per commit, like "
+                    f"ours; paired-round ratio {_paired(o_c, r_c):.2f}"))
+        finally:
+            for x in (ours, plain, raw):
+                x.close()
+    return rows
+
+
+# (3) HTTP -----------------------------------------------------------------------------------
+
+def http_load(sizes: Sizes, workers: int) -> list[Row]:
+    from benchmarks.http_load import run as run_http
+
+    result = run_http(seconds=sizes.http_seconds, procs=sizes.http_procs,
+                      threads=sizes.http_threads, workers=workers)
+    rate, p50, p99 = result["rate"], result["p50_ms"], result["p99_ms"]
+    errors = result["errors"]
+    note = (f"`carbon-ledger serve --workers {workers}` on a fresh SQLite registry; "
+            f"{sizes.http_procs} client processes x {sizes.http_threads} threads, each its own "
+            f"exchange key, {result['seconds']:.1f} s; requests pre-signed before the clock started "
+            f"(client signing {fmt_int(result['sign_per_s'])}/s per client process, would take CPU "
+            f"from the server on {os.cpu_count()} cores); {fmt_int(result['ok'])} accepted, "
+            f"errors {errors or 'none'}")
+    return [
+        Row("HTTP signed single transfers: throughput", rate, "transfers/s",
+            result.get("direct_rate"), "Registry.submit in-process (same store)",
+            target=f">= {fmt_int(HTTP_TARGET)}/s", passed=rate >= HTTP_TARGET and not errors,
+            notes=note),
+        Row("HTTP signed single transfers: p50 latency", p50, "ms", None, "",
+            target="(report)", passed=None, higher_is_better=False),
+        Row("HTTP signed single transfers: p99 latency", p99, "ms", None, "",
+            target=f"<= {HTTP_P99_TARGET_MS} ms", passed=p99 <= HTTP_P99_TARGET_MS,
+            higher_is_better=False),
+    ]
+
+
+# (4)-(7) on the cached registry, each in a child process --------------------------------------
+
+def _child(args: list[str], timeout_s: float) -> dict[str, Any]:
+    result = run_child(args, timeout_s=timeout_s)
+    if not result.get("ok"):
+        raise RuntimeError(result.get("error", "child failed"))
+    return result
+
+
+def rebuild(db: Path, sizes: Sizes) -> list[Row]:
+    r = _child(["rebuild", str(db)], timeout_s=1800)
+    mb = r["vmhwm_kb"] / 1024
+    scale = "" if r["size"] >= 1_000_000 else (
+        f"; the targets are for 1M events, this registry has {fmt_int(r['size'])}")
+    return [
+        Row(f"rebuild all projections ({fmt_int(r['size'])} events)", r["events_per_s"], "events/s",
+            r["decode_per_s"], "eventsourcing read + decode, no apply",
+            target=f">= {fmt_int(REBUILD_TARGET)} events/s", passed=r["events_per_s"] >= REBUILD_TARGET,
+            notes=f"{r['seconds']:.2f} s in a child process; {fmt_int(r['aggregates'])} aggregates; "
+            f"reading the log took {r['read_s']:.2f} s, reading and decoding the {fmt_int(r['decoded'])} "
+            f"events a projection applies {r['decode_s']:.2f} s{scale}"),
+        Row("rebuild: child's peak RSS (VmHWM)", mb, "MB", r["vmhwm_before_kb"] / 1024,
+            "VmHWM before the rebuild", target=f"<= {fmt_int(REBUILD_RSS_TARGET_MB)} MB",
+            passed=mb <= REBUILD_RSS_TARGET_MB, higher_is_better=False),
+    ]
+
+
+def audit(db: Path, sizes: Sizes) -> list[Row]:
+    workers = os.cpu_count() or 1
+    r = _child(["audit", str(db), str(workers), str(sizes.audit_budget_s)],
+               timeout_s=(sizes.audit_budget_s or 1800) + 120)
+    limit = r["verify_per_s_one_core"] * r["cores"]
+    if r.get("partial"):
+        notes = (f"TIME-BOXED at {sizes.audit_budget_s:.0f} s (quick mode): the first "
+                 f"{fmt_int(r['records'])} of {fmt_int(r['size'])} events audited in "
+                 f"{r['seconds']:.1f} s with {workers} signature workers; the rate falls as the log "
+                 "grows, so this overstates the full audit")
+    else:
+        per_sig = r["records"] / max(r["signatures"], 1)
+        notes = (f"{r['seconds']:.1f} s, {workers} signature workers; {fmt_int(r['signatures'])} "
+                 f"signatures ({per_sig:.1f} events per signature), {fmt_int(r['commands'])} "
+                 f"commands, {r['checkpoints']} checkpoints; the signature limit alone would allow "
+                 f"{fmt_int(limit * per_sig)} events/s"
+                 + ("" if r["audit_ok"] else f"; THE AUDIT FAILED: {r['failure']}"))
+    return [Row(
+        f"full verify (audit_database, {fmt_int(r['size'])} events)", r["events_per_s"],
+        "events/s", limit, f"Ed25519 verify/s x {r['cores']} cores",
+        target=f">= {fmt_int(AUDIT_TARGET)} events/s",
+        passed=r["events_per_s"] >= AUDIT_TARGET and (r["audit_ok"] or bool(r.get("partial"))),
+        notes=notes)]
+
+
+def merkle_proofs(db: Path, sizes: Sizes) -> list[Row]:
+    r = _child(["merkle", str(db), str(sizes.merkle_samples)], timeout_s=900)
+    n = fmt_int(r["size"])
+    common = (f"median of {r['samples']} random proofs at size {n} (tree built from the log in "
+              f"{r['build_s']:.1f} s); all proofs verified: {r['proofs_ok']}")
+    rows = []
+    for key, label, floor, flen in (
+            ("inc_gen", "inclusion proof: generate", None, r["inc_len"]),
+            ("inc_ver", "inclusion proof: verify", r["hash_floor_inc"], r["inc_len"]),
+            ("con_gen", "consistency proof: generate", None, r["con_len"]),
+            ("con_ver", "consistency proof: verify", r["hash_floor_con"], r["con_len"])):
+        rows.append(Row(f"{label} ({n} leaves)", r[key], "µs", floor,
+                        f"{flen:.0f}-step hashing alone" if floor else "",
+                        target=f"< {PROOF_TARGET_US} µs", passed=r[key] < PROOF_TARGET_US and r["proofs_ok"],
+                        higher_is_better=False, notes=common if key == "inc_gen" else ""))
+    return rows
+
+
+def as_of_query(db: Path, sizes: Sizes, holder: str = "holder-0000") -> list[Row]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    size = con.execute("SELECT size FROM ledger_head WHERE id = 1").fetchone()[0]
+    con.close()
+    r = _child(["asof", str(db), str(size // 2), holder], timeout_s=1800)
+    return [Row(f"as-of balances at the middle (position {fmt_int(r['position'])})", r["seconds"],
+                "s", r["decode_s"], "eventsourcing read + decode to middle", target="(report)", passed=None,
+                higher_is_better=False,
+                notes=f"Projection catch_up {r['catch_up_s']:.2f} s + balances({holder}) "
+                f"{r['balances_s'] * 1000:.1f} ms ({r['tickets']} tickets); "
+                f"{fmt_int(r['applied'])} events applied")]

@@ -20,6 +20,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -130,6 +131,7 @@ def signature_base(values: dict[str, str], params: str) -> str:
 
 
 _PARAMS = re.compile(r'^\((?P<components>(?:"[a-z@-]+"(?: "[a-z@-]+")*)?)\)(?P<rest>(?:;[a-z]+=(?:[0-9]+|"[^"\\]*"))*)$')
+_LINE = re.compile(r'"([a-z@-]+)": (.*)')
 _PARAM = re.compile(r';([a-z]+)=([0-9]+|"[^"\\]*")')
 
 
@@ -140,6 +142,7 @@ class ParsedBase:
     covered: tuple[str, ...]
 
 
+@lru_cache(maxsize=4096)  # a command's bases are read several times on its way in
 def parse_base(base: str) -> ParsedBase:
     """Split a signature base into its component values and parameters; DomainError if malformed."""
     lines = base.split("\n")
@@ -147,7 +150,7 @@ def parse_base(base: str) -> ParsedBase:
         raise DomainError("bad_signature", "the signature base does not end with @signature-params")
     components: dict[str, str] = {}
     for line in lines[:-1]:
-        m = re.match(r'^"([a-z@-]+)": (.*)$', line)
+        m = _LINE.fullmatch(line)
         if not m or m.group(1) in components:
             raise DomainError("bad_signature", f"malformed signature base line {line!r}")
         components[m.group(1)] = m.group(2)

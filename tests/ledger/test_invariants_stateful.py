@@ -49,7 +49,7 @@ HOLDING = (*HOLDERS, *BANKS)  # the roles that may hold units
 STANDARDS = ("SMCER", "FFCER", "CCER")
 PROJECTS = {"P-SM": ("SMCER", "h1"), "P-FF": ("FFCER", "h2"), "P-CC": ("CCER", "h3"),
             "P-FF4": ("FFCER", "h4")}
-TICKETS = tuple(f"T-{i:07d}" for i in range(1, 7))
+FIRST_TICKETS = ("T-0000001", "T-0000002", "T-0000003")  # issued in every example's setup
 UNKNOWN_TICKET = "U-0000001"
 
 AVAILABLE, PLEDGED, RETIRED, CANCELLED = "available", "pledged", "retired", "cancelled"
@@ -85,6 +85,11 @@ def serial_no(s: str) -> int:
 
 def cap(emissions_t: int, bp: int) -> int:
     return emissions_t * bp // 10000
+
+
+def yuan(fen: int) -> str:
+    """Money as the registry takes it: a decimal string in yuan (1500 fen -> "15.00")."""
+    return f"{fen // 100}.{fen % 100:02d}"
 
 
 def comparable(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +136,8 @@ class RegistryMachine(RuleBasedStateMachine):
         self.ids = itertools.count(1)
         self.history: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = []
         self.step_changed: str | None = None  # the command that wrote to the log in this step
+        self.steps = 0
+        self.refused_ids: list[str] = []  # a refused command leaves its id unused
         self.units: dict[Unit, UnitState] = {}
         self.changes: dict[Unit, tuple[UnitState | None, UnitState]] = {}
         # The test's own model, fed only by the commands it sent and their accept/refuse answers.
@@ -141,7 +148,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.retirement_ids: set[str] = set()
         self.trade_ids: set[str] = set()
         self.batch_ids: set[str] = set()
-        self.cancellation_ids: set[str] = set()
+        self.cancellation_ids: set[tuple[str, str]] = set()  # (ticket, cancellation id)
         self.mandates: set[tuple[str, str]] = set()
         self.freezes: dict[str, set[str]] = defaultdict(set)  # holder -> who froze it
         self.emissions: dict[tuple[str, str, str], int] = {}
@@ -165,9 +172,9 @@ class RegistryMachine(RuleBasedStateMachine):
                     units[(no, n)] = (holder, state, ref)
         return units
 
-    def _run(self, data, name: str, actor: str, args: dict[str, Any]):
+    def _run(self, data, name: str, actor: str, args: dict[str, Any], cid: str | None = None):
         """Submit a new command. Returns (outcome, None) or (None, DomainError)."""
-        cid = f"cmd-{next(self.ids)}"
+        cid = cid or f"cmd-{next(self.ids)}"
         before = self.app.log_position()
         try:
             outcome = self.app.submit(name, actor, cid, copy.deepcopy(args))
@@ -176,6 +183,7 @@ class RegistryMachine(RuleBasedStateMachine):
             event(f"{name}: {e.code}")
             assert self.app.log_position() == before, f"refused {name} ({e.code}) wrote to the log"
             self.changes = {}
+            self.refused_ids.append(cid)
             return None, e
         note(f"{name} by {actor} {args} -> accepted ({cid})")
         event(f"{name}: accepted")
@@ -199,6 +207,8 @@ class RegistryMachine(RuleBasedStateMachine):
         event("replay")
         assert again.get("replayed") is True, f"replay of {cid} not marked as one"
         assert comparable(again) == comparable(outcome), f"replay of {cid} changed its outcome"
+        if "position" in again:  # where the first copy was recorded
+            assert again["position"] == outcome["position"], f"replay of {cid} moved its position"
         assert self.app.log_position() == before, f"replay of {cid} wrote to the log"
 
     # Choosing (mostly right, sometimes wrong) ----------------------------------------------------
@@ -266,7 +276,8 @@ class RegistryMachine(RuleBasedStateMachine):
                ref: str | None = None) -> list[dict[str, Any]]:
         tickets = [first_ticket]
         if data.draw(st.integers(0, 2), label="second line") == 2:
-            tickets.append(self._ticket(data))  # may repeat the first: invalid_argument
+            others = [t for t in sorted(self.tickets) if t != first_ticket]
+            tickets.append(self._choose(data, others, tickets, "second ticket"))  # same: invalid
         return [self._line(data, t, holder, states, ref) for t in tickets]
 
     def _transfer_item(self, data) -> dict[str, Any]:
@@ -300,7 +311,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.mandates = {(h, EXCHANGE) for h in HOLDERS}
         self.units = self._snapshot()
         # One ticket per standard to start from, of random size (the rules issue more).
-        for ticket, project in zip(TICKETS, ("P-SM", "P-FF", "P-CC"), strict=False):
+        for ticket, project in zip(FIRST_TICKETS, ("P-SM", "P-FF", "P-CC"), strict=True):
             q = data.draw(st.integers(1, 50), label=f"{ticket} quantity")
             out, _ = self._run(data, "issue_ticket", ISSUER, {
                 "ticket_no": ticket, "project_id": project, "standard": PROJECTS[project][0],
@@ -351,7 +362,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def trade(self, data) -> None:
-        if data.draw(st.integers(0, 2), label="batch?") == 2:
+        if data.draw(st.booleans(), label="batch?"):
             self._settle_batch(data)
         else:
             self._transfer(data)
@@ -476,7 +487,7 @@ class RegistryMachine(RuleBasedStateMachine):
         perils = data.draw(st.lists(st.sampled_from(PERILS), min_size=1, max_size=3, unique=True))
         payee = data.draw(st.sampled_from([None, None, *BANKS, insured, GHOST]), label="loss payee")
         sum_insured = data.draw(st.integers(1, 500_000), label="sum insured (fen)")
-        args = {"policy_id": pid, "insured": insured, "lines": lines, "sum_insured": sum_insured,
+        args = {"policy_id": pid, "insured": insured, "lines": lines, "sum_insured": yuan(sum_insured),
                 "premium": "1000.00", "start": POLICY_START, "end": POLICY_END, "perils": perils,
                 **({"loss_payee": payee} if payee else {})}
         # The cover: per line, in order, the range named or the insured's lowest live serials.
@@ -547,16 +558,18 @@ class RegistryMachine(RuleBasedStateMachine):
         affected = self._affected(pol, approved) if pol else []
         before = {u: self.units[u] for u in affected}
         out, err = self._run(data, "approve_claim", actor, {
-            "claim_id": cid, "approved_t": approved, "payout": payout})
+            "claim_id": cid, "approved_t": approved, "payout": yuan(payout)})
         physical = bool(claim) and claim["peril"] in PHYSICAL
         if err is not None:
             if err.code == "cover_exceeded":
-                assert physical and (pol["lost"] + approved > pol["covered"] or len(affected) < approved)
+                assert (pol["lost"] if physical else 0) + approved > pol["covered"] or (
+                    physical and len(affected) < approved), "cover_exceeded although covered"
             return
         assert claim is not None and pol is not None
         assert actor == pol["insurer"] and claim["status"] == "pending"
         assert approved <= claim["claimed"], "approved more than claimed"
         assert payout <= pol["sum"] - pol["paid"], "paid beyond the sum insured"
+        assert approved <= pol["covered"], "approved more tonnes than the policy covers"
         if physical:
             assert pol["lost"] + approved <= pol["covered"], "lost more than the cover"
             assert len(affected) == approved, "approved more tonnes than the insured still holds"
@@ -606,6 +619,18 @@ class RegistryMachine(RuleBasedStateMachine):
         over |= sum(used.values()) + sum(by_standard.values()) > cap(e, total_bp)
         return ineligible, over
 
+    def _headroom(self, key: tuple[str, str, str], ticket: str) -> int | None:
+        """How many more tonnes of the ticket's standard the model lets the entity offset."""
+        limits = self._limits_in_force(key[1], key[2])
+        if key not in self.emissions or ticket not in self.tickets or limits is None:
+            return None
+        standards_bp, total_bp = limits
+        standard, e, used = self.tickets[ticket][0], self.emissions[key], self.used[key]
+        if standard not in standards_bp:
+            return None
+        return min(cap(e, standards_bp[standard]) - used[standard],
+                   cap(e, total_bp) - sum(used.values()))
+
     @rule(data=st.data())
     def retire(self, data) -> None:
         ticket = self._ticket(data)
@@ -625,6 +650,11 @@ class RegistryMachine(RuleBasedStateMachine):
             recorded = sorted((k[1], k[2]) for k in self.emissions if k[0] == actor)
             every = [(sc, pe) for sc in SCHEMES for pe in PERIODS]
             args["scheme"], args["period"] = self._choose(data, recorded, every, "scheme, period", 4)
+            headroom = self._headroom((actor, args["scheme"], args["period"]), lines[0]["ticket_no"])
+            if headroom is not None and data.draw(st.booleans(), label="right at the cap?"):
+                q = headroom + data.draw(st.sampled_from([0, 1]), label="one over?")
+                if q >= 1:
+                    lines[0] = {"ticket_no": lines[0]["ticket_no"], "quantity_t": q}
             if odd:
                 del args[data.draw(st.sampled_from(["scheme", "period"]))]
         elif odd:
@@ -684,7 +714,7 @@ class RegistryMachine(RuleBasedStateMachine):
         out, _ = self._run(data, "record_emissions", actor, {
             "entity": entity, "scheme": key[1], "period": key[2], "verified_emissions_t": e})
         if out:
-            assert actor == REGULATOR and entity in EVERYONE
+            assert actor == REGULATOR and entity in HOLDING
             self.emissions[key] = e
             assert not self.changes
 
@@ -766,13 +796,14 @@ class RegistryMachine(RuleBasedStateMachine):
         ticket = self._ticket(data)
         holder = self._holder_of(data, ticket, (AVAILABLE,), "holder")
         line = self._line(data, ticket, holder, (AVAILABLE,))
-        cancellation = self._new_id(data, "CX", self.cancellation_ids)
+        cancellation = self._new_id(data, "CX", {c for _, c in self.cancellation_ids})
         t, q, exact = self._wanted(line, holder, (AVAILABLE,))
         out, _ = self._run(data, "cancel_units", actor, {
             "cancellation_id": cancellation, "holder": holder, **line, "reason": "double counting"})
         if out:
             assert actor == ISSUER
-            self.cancellation_ids.add(cancellation)  # a label only: not checked for uniqueness
+            assert (t, cancellation) not in self.cancellation_ids, "a cancellation id used twice on a ticket"
+            self.cancellation_ids.add((t, cancellation))
             check_moves(self.changes, lambda tt, old, new: tt == t and old == (holder, AVAILABLE, "")
                         and new == (holder, CANCELLED, f"cancellation:{cancellation}"), counts={t: q}, exact=exact,
                         what="cancel_units")
@@ -781,10 +812,25 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def idempotency(self, data) -> None:
-        if data.draw(st.booleans(), label="reuse the id for other content?"):
+        what = data.draw(st.integers(0, 4), label="replay (0-1), reuse (2-3), reuse refused (4)")
+        if what <= 1:
+            self._replay_earlier(data)
+        elif what <= 3 or not self.refused_ids:
             self._reuse_command_id(data)
         else:
-            self._replay_earlier(data)
+            self._reuse_refused_id(data)
+
+    def _reuse_refused_id(self, data) -> None:
+        """The id of a refused command is still free: another command may take it."""
+        cid = data.draw(st.sampled_from(self.refused_ids), label="refused id")
+        entity = data.draw(st.sampled_from(HOLDING), label="entity")
+        key = (entity, "fujian_ets", "2021")
+        e = data.draw(st.integers(0, 800), label="verified emissions")
+        out, err = self._run(data, "record_emissions", REGULATOR, {
+            "entity": entity, "scheme": key[1], "period": key[2], "verified_emissions_t": e}, cid=cid)
+        assert err is None, f"the id {cid} of a refused command could not be used: {err!r}"
+        self.refused_ids.remove(cid)
+        self.emissions[key] = e
 
     def _replay_earlier(self, data) -> None:
         name, actor, cid, args, outcome = data.draw(st.sampled_from(self.history), label="replayed")
@@ -821,12 +867,27 @@ class RegistryMachine(RuleBasedStateMachine):
         self._check_pledges(proj, units)
         self._check_policies_and_claims(proj)
         self._check_compliance(proj)
+        self.steps += 1
+        if self.steps % 15 == 0:
+            self._check_rebuild(proj)
         self.step_changed = None
+
+    def _check_rebuild(self, live) -> None:
+        """A projection replayed from position 0 agrees with the live, incrementally caught-up one."""
+        fresh = self.app.projection(as_of=live.position)
+        assert {n: t.blocks for n, t in fresh.tickets.items()} == {
+            n: t.blocks for n, t in live.tickets.items()}, "rebuilt tickets differ"
+        assert {p: (x.status, x.held) for p, x in fresh.pledges.items()} == {
+            p: (x.status, x.held) for p, x in live.pledges.items()}, "rebuilt pledges differ"
+        assert {k: dict(a.used_t) for k, a in fresh.compliance.items()} == {
+            k: dict(a.used_t) for k, a in live.compliance.items()}, "rebuilt compliance differs"
 
     def _check_tickets(self, proj) -> dict[Unit, UnitState]:
         """Conservation: blocks partition 1..quantity; issued = available + pledged + retired + cancelled."""
         assert set(proj.tickets) == set(self.tickets), "tickets differ from the issued ones"
         units: dict[Unit, UnitState] = {}
+        per_state: Counter = Counter()  # (ticket, state) -> units, counted serial by serial
+        per_holder: Counter = Counter()  # (holder, state) -> units
         for no, t in proj.tickets.items():
             standard, quantity, _owner = self.tickets[no]
             assert (t.quantity_t, t.standard) == (quantity, standard)
@@ -835,18 +896,20 @@ class RegistryMachine(RuleBasedStateMachine):
                 assert first == expected and last >= first, f"{no}: blocks break at {expected}"
                 assert state in STATES and holder in HOLDING, (no, first, last, holder, state)
                 assert (state == AVAILABLE) == (ref == ""), (no, first, last, state, ref)
-                units.update({(no, n): (holder, state, ref) for n in range(first, last + 1)})
+                for n in range(first, last + 1):
+                    assert (no, n) not in units, f"{serial(no, n)} is in two blocks"
+                    units[(no, n)] = (holder, state, ref)
+                    per_state[(no, state)] += 1
+                    per_holder[(holder, state)] += 1
                 expected = last + 1
             assert expected == quantity + 1, f"{no}: blocks cover {expected - 1} of {quantity} units"
             view = proj.ticket(no)
             counts = [view[f"{s}_t"] for s in STATES]
             assert min(counts) >= 0 and sum(counts) == view["issued_t"] == quantity, view
-            assert counts == [sum(1 for u, v in units.items() if u[0] == no and v[1] == s)
-                              for s in STATES]
+            assert counts == [per_state[(no, s)] for s in STATES], (no, counts)
         for h in HOLDING:
             totals = proj.balances(h)["totals"]
-            mine = Counter(s for (hh, s, _r) in units.values() if hh == h)
-            assert totals == {f"{s}_t": mine[s] for s in STATES}, (h, totals)
+            assert totals == {f"{s}_t": per_holder[(h, s)] for s in STATES}, (h, totals)
         return units
 
     def _check_final_units(self, proj, units) -> None:

@@ -25,7 +25,7 @@ from benchmarks._common import BENCH_DIR, PG_URL, RESULTS_DIR, Row, ensure_regis
 
 FULL_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
-WORKLOADS = ("single", "batch", "http", "rebuild", "audit", "merkle", "asof")
+WORKLOADS = ("single", "batch", "http", "http-scaling", "rebuild", "audit", "merkle", "asof")
 
 
 @dataclass
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows += W.batch_transfers(sizes, pg)
                 elif name == "http":
                     rows += W.http_load(sizes, args.http_workers or os.cpu_count() or 1)
+                elif name == "http-scaling":
+                    rows += W.http_scaling(sizes, pg)
                 elif name == "rebuild":
                     rows += W.rebuild(db, sizes)
                 elif name == "audit":

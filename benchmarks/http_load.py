@@ -63,13 +63,16 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
         pass
 
 
-def run(*, seconds: float, procs: int, threads: int, workers: int) -> dict[str, Any]:
+def run(*, seconds: float, procs: int, threads: int, workers: int, url: str | None = None,
+        reads_per_write: int = 0) -> dict[str, Any]:
+    """Signed transfers (and, with `reads_per_write`, public ticket reads after each) posted by
+    client processes at `carbon-ledger serve --workers N` on `url` (a fresh SQLite file if None)."""
     from ledger.application import Registry
     from ledger.keys import Keyring
 
     d = scratch_dir("http")
     keys, db = d / "keys", d / "http.db"
-    url = sqlite_url(db)
+    url = url or sqlite_url(db)
     lanes = world.make_lanes(procs * threads, 1)
     app = Registry(url, keyring=Keyring(keys), auto_checkpoint=True)
     world.setup(app, lanes)
@@ -102,6 +105,7 @@ def run(*, seconds: float, procs: int, threads: int, workers: int) -> dict[str, 
         for p in range(procs):
             mine = lanes[p * threads:(p + 1) * threads]
             spec = {"base": base, "keys": str(keys), "per_thread": per_thread, "proc": p,
+                    "reads_per_write": reads_per_write,
                     "lanes": [[ln.exchange, ln.a, ln.b, ln.ticket_no] for ln in mine]}
             clients.append(subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.http_load", "client", json.dumps(spec)],
@@ -130,6 +134,7 @@ def run(*, seconds: float, procs: int, threads: int, workers: int) -> dict[str, 
         server_log.close()
     latencies = sorted(x for r in results for x in r["latencies_ms"])
     ok = sum(r["ok"] for r in results)
+    reads = sum(r.get("reads", 0) for r in results)
     errors: dict[str, int] = {}
     for r in results:
         for k, v in r["errors"].items():
@@ -137,7 +142,8 @@ def run(*, seconds: float, procs: int, threads: int, workers: int) -> dict[str, 
     t0 = min(r["started"] for r in results)
     t1 = max(r["ended"] for r in results)
     elapsed = t1 - t0
-    return {"rate": ok / elapsed, "ok": ok, "errors": errors, "seconds": elapsed,
+    return {"rate": ok / elapsed, "ok": ok, "reads": reads, "requests_rate": (ok + reads) / elapsed,
+            "errors": errors, "seconds": elapsed,
             "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
             "max_ms": latencies[-1] if latencies else float("nan"),
             "sign_per_s": sum(r["sign_per_s"] for r in results) / len(results),
@@ -192,6 +198,8 @@ def client(spec: dict[str, Any]) -> None:
         lat: list[float] = []
         errors: dict[str, int] = {}
         ok = 0
+        reads = 0
+        ticket_path = f"/v1/tickets/{spec['lanes'][i][3]}"
         exhausted = True
         time.sleep(max(0.0, start - time.time()))
         began = time.time()
@@ -209,13 +217,20 @@ def client(spec: dict[str, Any]) -> None:
             if response.status_code < 300:
                 ok += 1
                 lat.append(ms)
+                for _ in range(spec.get("reads_per_write", 0)):
+                    try:
+                        if http.get(ticket_path).status_code == 200:
+                            reads += 1
+                    except Exception as e:  # noqa: BLE001
+                        errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             else:
                 try:
                     code = response.json().get("code", str(response.status_code))
                 except ValueError:
                     code = str(response.status_code)
                 errors[code] = errors.get(code, 0) + 1
-        out[i] = {"lat": lat, "errors": errors, "ok": ok, "began": began, "ended": time.time(),
+        out[i] = {"lat": lat, "errors": errors, "ok": ok, "reads": reads, "began": began,
+                  "ended": time.time(),
                   "exhausted": exhausted}
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(len(clients))]
@@ -230,7 +245,8 @@ def client(spec: dict[str, Any]) -> None:
         for k, v in o["errors"].items():
             errors[k] = errors.get(k, 0) + v
     print(json.dumps({"latencies_ms": [x for o in out for x in o["lat"]],
-                      "ok": sum(o["ok"] for o in out), "errors": errors,
+                      "ok": sum(o["ok"] for o in out), "reads": sum(o["reads"] for o in out),
+                      "errors": errors,
                       "started": min(o["began"] for o in out), "ended": max(o["ended"] for o in out),
                       "exhausted": any(o["exhausted"] for o in out), "sign_per_s": sign_per_s}),
           flush=True)

@@ -314,6 +314,32 @@ def http_load(sizes: Sizes, workers: int) -> list[Row]:
     ]
 
 
+def http_scaling(sizes: Sizes, pg: PgScratch | None) -> list[Row]:
+    """Mixed reads and writes over HTTP on PostgreSQL: 4 server workers against 1."""
+    from benchmarks.http_load import run as run_http
+
+    if pg is None:
+        return [Row("HTTP mixed read/write, 4 workers vs 1 (PostgreSQL)", None, "requests/s",
+                    notes="PostgreSQL not available")]
+    rates = {}
+    for workers in (1, 4):
+        url = f"{pg.url}?schema={pg.schema(f'http{workers}')}"
+        result = run_http(seconds=sizes.http_seconds, procs=sizes.http_procs,
+                          threads=sizes.http_threads, workers=workers, url=url, reads_per_write=3)
+        rates[workers] = result
+    one, four = rates[1]["requests_rate"], rates[4]["requests_rate"]
+    ratio = four / one if one else None
+    note = (f"each client thread posts a signed transfer and then reads its ticket 3 times "
+            f"(GET /v1/tickets/..); 1 worker: {fmt_int(rates[1]['ok'])} writes + "
+            f"{fmt_int(rates[1]['reads'])} reads, p99 write {rates[1]['p99_ms']:.0f} ms; 4 workers: "
+            f"{fmt_int(rates[4]['ok'])} writes + {fmt_int(rates[4]['reads'])} reads, p99 write "
+            f"{rates[4]['p99_ms']:.0f} ms; errors {rates[1]['errors'] or 'none'} / "
+            f"{rates[4]['errors'] or 'none'}")
+    return [Row("HTTP mixed read/write, 4 workers vs 1 (PostgreSQL)", four, "requests/s", one,
+                "1 worker, same load", target=">= 1.5 x 1 worker",
+                passed=ratio is not None and ratio >= 1.5, notes=note)]
+
+
 # (4)-(7) on the cached registry, each in a child process --------------------------------------
 
 def _child(args: list[str], timeout_s: float) -> dict[str, Any]:

@@ -209,12 +209,13 @@ class LedgerTables:
 
     # Reading the log as records -------------------------------------------------------------
 
-    def select_records(self, start: int, limit: int, stop: int | None = None) -> list[Record]:
-        """Records with positions >= start (and <= stop), in log order, with their chain values."""
+    def _select_range(self, columns: str, params: list[Any], start: int, limit: int,
+                      stop: int | None) -> list[Any]:
+        """Rows with positions in start..stop, at most `limit`, in log order."""
         P = self.P
-        sql = (f"SELECT {self.POS} AS position, originator_id, originator_version, topic, state, "
-               f"chain FROM {self._t(self.events_table_name)} WHERE {self.POS} >= {P}")
-        params: list[Any] = [start]
+        sql = (f"SELECT {columns} FROM {self._t(self.events_table_name)} "
+               f"WHERE {self.POS} >= {P}")
+        params = [*params, start]
         if stop is not None:
             sql += f" AND {self.POS} <= {P}"
             params.append(stop)
@@ -222,9 +223,14 @@ class LedgerTables:
         params.append(limit)
         with self._reading() as c:
             c.execute(sql, params)
-            return [Record(r["position"], self._uuid(r["originator_id"]), r["originator_version"],
-                           r["topic"], bytes(r["state"]), bytes(r["chain"] or b""))
-                    for r in c.fetchall()]
+            return c.fetchall()
+
+    def select_records(self, start: int, limit: int, stop: int | None = None) -> list[Record]:
+        """Records with positions >= start (and <= stop), in log order, with their chain values."""
+        rows = self._select_range(f"{self.POS} AS position, originator_id, originator_version, "
+                                  "topic, state, chain", [], start, limit, stop)
+        return [Record(r["position"], self._uuid(r["originator_id"]), r["originator_version"],
+                       r["topic"], bytes(r["state"]), bytes(r["chain"] or b"")) for r in rows]
 
     def select_raw(self, start: int, limit: int, stop: int | None = None,
                    without_state: Sequence[str] = ()) -> list[tuple[Any, ...]]:
@@ -232,24 +238,15 @@ class LedgerTables:
 
         Rows whose topic starts with one of `without_state` come with an empty state (they are
         counted, not decoded, and a batch's command record can be large)."""
-        P = self.P
         state = "state"
         params: list[Any] = []
         if without_state:
-            tests = " OR ".join(f"topic LIKE {P}" for _ in without_state)
+            tests = " OR ".join(f"topic LIKE {self.P}" for _ in without_state)
             state = f"CASE WHEN {tests} THEN NULL ELSE state END"
             params.extend(f"{prefix}%" for prefix in without_state)
-        sql = (f"SELECT {self.POS}, originator_id, originator_version, topic, {state} "
-               f"FROM {self._t(self.events_table_name)} WHERE {self.POS} >= {P}")
-        params.append(start)
-        if stop is not None:
-            sql += f" AND {self.POS} <= {P}"
-            params.append(stop)
-        sql += f" ORDER BY {self.POS} LIMIT {P}"
-        params.append(limit)
-        with self._reading() as c:
-            c.execute(sql, params)
-            return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in c.fetchall()]
+        rows = self._select_range(f"{self.POS}, originator_id, originator_version, topic, {state}",
+                                  params, start, limit, stop)
+        return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
 
     def position_of(self, aggregate_id: UUID, version: int) -> int | None:
         """The log position of one event (e.g. a command's record, to answer a retry with it)."""

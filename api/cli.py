@@ -501,7 +501,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     err.print(f"serving {url} at http://{args.host}:{args.port} ({args.workers} worker"
               f"{'s' if args.workers != 1 else ''}); docs at /docs")
     uvicorn.run("api.server:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level, access_log=False)
+                workers=args.workers, log_level=args.log_level, access_log=False,
+                http="api.transport:NoDelayHTTPProtocol")
     return 0
 
 

@@ -25,7 +25,8 @@ from benchmarks._common import BENCH_DIR, PG_URL, RESULTS_DIR, Row, ensure_regis
 
 FULL_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
-WORKLOADS = ("single", "batch", "http", "http-scaling", "rebuild", "audit", "merkle", "asof")
+WORKLOADS = ("single", "signing", "batch", "http", "http-scaling", "rebuild", "audit", "merkle",
+             "asof")
 
 
 @dataclass
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                     # One worker by default: on SQLite, several writer processes wait for the
                     # file lock in SQLite's sleeping busy handler, which costs more than it gives.
                     rows += W.http_load(sizes, args.http_workers or 1)
+                elif name == "signing":
+                    rows += W.signing_overhead(sizes)
                 elif name == "http-scaling":
                     rows += W.http_scaling(sizes, pg)
                 elif name == "rebuild":

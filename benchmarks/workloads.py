@@ -314,6 +314,49 @@ def http_load(sizes: Sizes, workers: int) -> list[Row]:
     ]
 
 
+def signing_overhead(sizes: Sizes) -> list[Row]:
+    """What signing adds to a single write on SQLite: the client's canonical body and Ed25519
+    signature, and the registry's parse and verification of it, timed alone on commands like
+    the ones timed whole, in interleaved rounds of the same run."""
+    from ledger import keys as K
+    from ledger.signing import check_signature, sign_with_keyring
+
+    d = scratch_dir("signing")
+    ours = Ours(sqlite_url(d / "ours.db"), d / "keys", sizes.lanes)
+    keyring = ours.app.keyring
+    assert keyring is not None
+    public = {lane.exchange: K.public_text(keyring.get(lane.exchange)) for lane in ours.lanes}
+    per_round = sizes.single_per_round
+    signing, whole = [], []
+    try:
+        for _ in range(sizes.rounds):
+            items = [next(ours.stream) for _ in range(per_round)]
+            t = time.perf_counter()
+            for lane, args in items:
+                signed = sign_with_keyring(keyring, "transfer", lane.exchange,
+                                           f"trade/{lane.exchange}/{args['trade_id']}x", args,
+                                           int(time.time()))
+                check_signature(signed.signatures[0], body=signed.body, method=signed.method,
+                                path=signed.path, consent=False, public_key=public[lane.exchange])
+            signing.append((time.perf_counter() - t) / per_round)
+            t = time.perf_counter()  # the same commands, whole, in their order
+            for lane, args in items:
+                ours.app.submit("transfer", lane.exchange,
+                                f"trade/{lane.exchange}/{args['trade_id']}", args)
+            whole.append((time.perf_counter() - t) / per_round)
+    finally:
+        ours.app.close()
+    sign_s, whole_s = median(signing), median(whole)
+    share = sign_s / max(whole_s - sign_s, 1e-9)
+    return [Row("signing's cost on a single write, SQLite", share * 100, "% added", None,
+                "the write without it", target="<= 30%", passed=share <= 0.30,
+                notes=f"median per command: signing and checking {sign_s * 1e6:.0f} µs, the whole "
+                      f"signed command {whole_s * 1e6:.0f} µs (rounds of {per_round}, "
+                      f"{sizes.rounds} rounds); counted as signing: the canonical body, the "
+                      "Ed25519 signature, the signature base's parse and the verification",
+                higher_is_better=False)]
+
+
 def http_scaling(sizes: Sizes, pg: PgScratch | None) -> list[Row]:
     """Mixed reads and writes over HTTP on PostgreSQL: 4 server workers against 1."""
     from benchmarks.http_load import run as run_http

@@ -55,15 +55,9 @@ def _open(args: argparse.Namespace) -> Registry:
 
 
 def _progress_bar(label: str) -> tuple[Progress, Callable[[ProjectionProgress], None]]:
-    bar = Progress(TextColumn(label), BarColumn(), TaskProgressColumn(),
-                   TextColumn("{task.completed:,}/{task.total:,} events"), TimeRemainingColumn(),
-                   console=err, transient=False, disable=not err.is_terminal)
-    task = bar.add_task(label, total=None)
-
-    def update(p: ProjectionProgress) -> None:
-        bar.update(task, total=p.total, completed=p.done)
-
-    return bar, update
+    """A progress bar fed by a projection's catch-up."""
+    bar, update = _audit_progress(label, "events")
+    return bar, lambda p: update(p.done, p.total)
 
 
 # Commands ---------------------------------------------------------------------------------
@@ -395,9 +389,10 @@ def _genesis_key(app: Registry) -> str:
     return genesis.operator_key
 
 
-def _audit_progress(label: str) -> tuple[Progress, Callable[[int, int], None]]:
+def _audit_progress(label: str, unit: str = "records") -> tuple[Progress, Callable[[int, int], None]]:
+    """A progress bar on stderr (shown on a terminal only), fed with (done, total)."""
     bar = Progress(TextColumn(label), BarColumn(), TaskProgressColumn(),
-                   TextColumn("{task.completed:,}/{task.total:,} records"), TimeRemainingColumn(),
+                   TextColumn("{task.completed:,}/{task.total:,} " + unit), TimeRemainingColumn(),
                    console=err, transient=False, disable=not err.is_terminal)
     task = bar.add_task(label, total=None)
     return bar, lambda done, total: bar.update(task, completed=done, total=total)

@@ -415,22 +415,22 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/pledges/{pledge_id}", summary="A pledge (its bank, its pledgor, regulators)",
              responses=read_responses)
     def get_pledge(request: Request, pledge_id: str) -> dict[str, Any]:
+        return readable_pledge(request, pledge_id)
+
+    @app.get("/v1/pledges/{pledge_id}/proof", summary="A pledge's proof bundle",
+             responses=read_responses)
+    def get_pledge_proof(request: Request, pledge_id: str) -> dict[str, Any]:
+        readable_pledge(request, pledge_id)
+        return proof_bundle(reg(), "pledge", pledge_id)
+
+    def readable_pledge(request: Request, pledge_id: str) -> dict[str, Any]:
+        """The pledge, for its bank, its pledgor and regulators (unsigned callers learn nothing)."""
         caller = caller_of(request)
         require(caller, caller.participant_id is not None, "a pledge")
         view = reg().projection().pledge(pledge_id)
         require(caller, caller.regulator or caller.participant_id in (view["pledgee"], view["pledgor"]),
                 f"pledge {pledge_id}")
         return view
-
-    @app.get("/v1/pledges/{pledge_id}/proof", summary="A pledge's proof bundle",
-             responses=read_responses)
-    def get_pledge_proof(request: Request, pledge_id: str) -> dict[str, Any]:
-        caller = caller_of(request)
-        require(caller, caller.participant_id is not None, "a pledge proof")
-        view = reg().projection().pledge(pledge_id)
-        require(caller, caller.regulator or caller.participant_id in (view["pledgee"], view["pledgor"]),
-                f"pledge {pledge_id}")
-        return proof_bundle(reg(), "pledge", pledge_id)
 
     @app.get("/v1/policies/{policy_id}", summary="A policy and its claims", responses=read_responses)
     def get_policy(request: Request, policy_id: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -37,6 +37,7 @@ from ledger.store import db_url, environment
 from ledger.transcoder import MsgpackTranscoder
 
 MAX_ATTEMPTS = 20
+MAX_GROUP = 256  # commands committed together at most (their records share one transaction)
 A = TypeVar("A", bound=LedgerAggregate)
 
 
@@ -54,6 +55,30 @@ def _fork_from(state: Projection, aggregate_id: UUID) -> LedgerAggregate | None:
     return None
 
 
+class _Pending:
+    """A command waiting in the group-commit queue, and then its outcome or its refusal."""
+
+    __slots__ = ("command", "signed", "outcome", "error", "done")
+
+    def __init__(self, command: C.Command, signed: SignedCommand) -> None:
+        self.command = command
+        self.signed = signed
+        self.outcome: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+    def finish(self, *, outcome: dict[str, Any] | None = None,
+               error: BaseException | None = None) -> None:
+        self.outcome, self.error, self.done = outcome, error, True
+
+
+class _Decision(NamedTuple):
+    outcome: dict[str, Any]
+    changed: list[LedgerAggregate]  # the aggregates the command changed (or created)
+    read_set: list[tuple[UUID, int]]  # the versions of those it only read
+    events: list[Any]  # what to record: the changed aggregates' events, then the command record
+
+
 class Registry(Application):
     """The carbon-ticket registry. `execute(command)` is the only way to change it."""
 
@@ -62,7 +87,7 @@ class Registry(Application):
 
     def __init__(self, url: str | None = None, env: dict[str, str] | None = None, *,
                  keyring: K.Keyring | None = None, clock: Callable[[], float] = time.time,
-                 auto_checkpoint: bool = True) -> None:
+                 auto_checkpoint: bool = True, group_commit: bool = True) -> None:
         self.url = db_url(url)
         self.keyring = keyring
         self.clock = clock
@@ -76,6 +101,11 @@ class Registry(Application):
         self.checkpointer: Checkpointer | None = None
         self.auto_checkpoint = auto_checkpoint
         self._handlers = Handlers().table()
+        self.group_commit = group_commit
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._written_to: int | None = None  # the log's end after this process's last write
 
     def construct_transcoder(self) -> Transcoder:
         return MsgpackTranscoder()
@@ -85,54 +115,186 @@ class Registry(Application):
     def execute(self, signed: SignedCommand) -> dict[str, Any]:
         """Verify, decide and record one signed command atomically; return its outcome.
 
-        Raises DomainError for every refusal; nothing is written then.
+        Raises DomainError for every refusal; nothing is written then. Commands that arrive
+        together from several threads are decided one after another and committed together
+        (group commit): each keeps its own outcome, refusal and log position.
         """
         command = C.parse(parse_canonical(signed.body))
-        return self._execute(command, signed)
+        if not self.group_commit:
+            return self._execute(command, signed)
+        item = _Pending(command, signed)
+        with self._queue_lock:
+            self._queue.append(item)
+        while not item.done:
+            with self._commit_lock:
+                if item.done:
+                    break
+                with self._queue_lock:
+                    group, self._queue = self._take(self._queue)
+                if group:
+                    self._run_group(group)
+        if item.error is not None:
+            raise item.error
+        assert item.outcome is not None
+        return item.outcome
+
+    @staticmethod
+    def _take(queue: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
+        """The next group: queued commands in arrival order, each command id at most once (a
+        second copy waits for the next group, where it is answered as a retry)."""
+        group: list[_Pending] = []
+        rest: list[_Pending] = []
+        seen: set[str] = set()
+        for item in queue:
+            cid = item.command.command_id
+            if cid in seen or len(group) >= MAX_GROUP:
+                rest.append(item)
+            else:
+                seen.add(cid)
+                group.append(item)
+        return group, rest
+
+    def _run_group(self, group: list[_Pending]) -> None:
+        try:
+            self._execute_group(group)
+        except BaseException as e:  # noqa: BLE001 - no waiting caller may be left without an answer
+            for item in group:
+                if not item.done:
+                    item.finish(error=e)
+
+    def _execute_group(self, group: list[_Pending]) -> None:
+        """Decide every command of `group` in order against the state the ones before it left,
+        and record all of them in one transaction. If that transaction fails on a conflict
+        (another process wrote first), each command is decided and recorded on its own."""
+        if len(group) == 1:
+            self._finish_alone(group[0])
+            return
+        decided: list[tuple[_Pending, list[Any]]] = []
+        read_set: dict[UUID, int] = {}
+        with self._projection_lock:
+            state = self._decision_state()
+            overlay: dict[UUID, LedgerAggregate] = {}
+
+            def load(aggregate_id: UUID) -> LedgerAggregate | None:
+                agg = overlay.get(aggregate_id)
+                return agg.fork() if agg is not None else _fork_from(state, aggregate_id)
+
+            for item in group:
+                try:
+                    decision = self._decide(item.command, item.signed, state, load)
+                except Exception as e:  # noqa: BLE001 - each command gets its own refusal
+                    item.finish(error=e)
+                    continue
+                if isinstance(decision, dict):  # a retry of a command already recorded
+                    item.finish(outcome=decision)
+                    continue
+                for aggregate_id, version in decision.read_set:
+                    if aggregate_id not in overlay:
+                        read_set.setdefault(aggregate_id, version)
+                for agg in decision.changed:
+                    overlay[agg.id] = agg
+                item.outcome = decision.outcome
+                decided.append((item, decision.events))
+        if not decided:
+            return
+        events = [e for _, evs in decided for e in evs]
+        try:
+            positions = self._record(events, list(read_set.items()))
+        except IntegrityError:
+            for item, _ in decided:  # decide again, one by one, against what is now recorded
+                item.outcome = None
+                self._finish_alone(item)
+            return
+        except Exception as e:  # noqa: BLE001 - nothing was written: every command is refused
+            for item, _ in decided:
+                item.finish(error=e)
+            return
+        end = 0
+        for item, evs in decided:
+            end += len(evs)
+            assert item.outcome is not None
+            item.finish(outcome={**item.outcome, "position": positions[end - 1]})
+        if self.auto_checkpoint:
+            self.maybe_checkpoint(positions[-1])
+
+    def _finish_alone(self, item: _Pending) -> None:
+        try:
+            item.finish(outcome=self._execute(item.command, item.signed))
+        except Exception as e:  # noqa: BLE001 - handed to the caller's thread
+            item.finish(error=e)
+
+    def _decide(self, command: C.Command, signed: SignedCommand, state: Projection,
+                load: Callable[[UUID], LedgerAggregate | None],
+                ) -> dict[str, Any] | _Decision:
+        """Authenticate and decide one command against `load`: the outcome of an earlier copy
+        (a retry), or what to record. Raises DomainError to refuse."""
+        digest = command.digest()
+        actor_sig, consents = split_signatures(command, signed)
+        uow = UnitOfWork(load)
+        authenticate(uow, command, signed, actor_sig, consents, now=int(self.clock()),
+                     verify=verify_now)
+        prior = self._record_of(command.command_id, state)
+        if prior is not None:
+            return self._replayed(prior, command, digest, actor_sig)
+        try:
+            outcome = self._handlers[command.name](uow, command)
+        except DomainError:
+            # The first copy of this command may have committed meanwhile (from another
+            # process): then this is a retry, and it gets the first outcome.
+            prior = self._record_of(command.command_id)
+            if prior is not None:
+                return self._replayed(prior, command, digest, actor_sig)
+            raise
+        outcome = {"command_id": command.command_id, "command": command.name, **outcome}
+        record = CommandRecord.accept(
+            actor=command.actor, command_id=command.command_id, name=command.name,
+            digest=digest, body=signed.body, method=signed.method, path=signed.path,
+            signatures=[s.to_record() for s in signed.signatures], outcome=outcome,
+        )
+        changed = uow.changed()
+        for agg in changed:
+            agg.check_invariants()
+        read_set = uow.read_set()
+        events = [e for agg in (*changed, record) for e in agg.collect_events()]
+        return _Decision(outcome, changed, read_set, events)
+
+    def _record(self, events: list[Any], read_set: list[tuple[UUID, int]]) -> list[int]:
+        """Write the events in one transaction; return their log positions. When this process's
+        projection was at the log's end, it takes the new records as written (no read back)."""
+        stored = [self.mapper.to_stored_event(e) for e in events]
+        try:
+            positions = list(self.recorder.insert_events(stored, read_set=read_set) or ())
+        except IntegrityError:
+            self._written_to = None  # another process wrote: catch up before deciding again
+            raise
+        if len(positions) != len(stored):
+            raise AssertionError(f"{len(stored)} records written, {len(positions)} positions back")
+        with self._projection_lock:
+            projection = self._projection
+            if projection is not None and projection.position == positions[0] - 1:
+                projection.take([(p, s.originator_id, s.originator_version, s.topic, s.state)
+                                 for p, s in zip(positions, stored, strict=True)])
+                self._written_to = positions[-1]
+            else:
+                self._written_to = None
+        return positions
 
     def _execute(self, command: C.Command, signed: SignedCommand) -> dict[str, Any]:
-        digest = command.digest()
-        handler = self._handlers[command.name]
-        actor_sig, consents = split_signatures(command, signed)
-        for _ in range(MAX_ATTEMPTS):
-            # Decide against the in-process state, caught up with the log (every process's
-            # writes); the store re-checks every version this decision relied on.
+        for attempt in range(MAX_ATTEMPTS):
+            # Decide against the in-process state (caught up with the log when this process
+            # was not the last to write); the store re-checks every version the decision used.
             with self._projection_lock:
-                state = self._live_projection()
-                uow = UnitOfWork(partial(_fork_from, state))
-                authenticate(uow, command, signed, actor_sig, consents, now=int(self.clock()),
-                             verify=verify_now)
-                prior = self._record_of(command.command_id, state)
-                if prior is not None:
-                    return self._replayed(prior, command, digest, actor_sig)
-                try:
-                    outcome = handler(uow, command)
-                except DomainError:
-                    # The first copy of this command may have committed meanwhile (from another
-                    # process): then this is a retry, and it gets the first outcome.
-                    prior = self._record_of(command.command_id)
-                    if prior is not None:
-                        return self._replayed(prior, command, digest, actor_sig)
-                    raise
-                outcome = {"command_id": command.command_id, "command": command.name, **outcome}
-                record = CommandRecord.accept(
-                    actor=command.actor, command_id=command.command_id, name=command.name,
-                    digest=digest, body=signed.body, method=signed.method, path=signed.path,
-                    signatures=[s.to_record() for s in signed.signatures], outcome=outcome,
-                )
-                changed = uow.changed()
-                for agg in changed:
-                    agg.check_invariants()
-            read_set = uow.read_set()
-            events = [e for agg in (*changed, record) for e in agg.collect_events()]
+                state = self._decision_state(check=attempt > 0)
+                decision = self._decide(command, signed, state, partial(_fork_from, state))
+            if isinstance(decision, dict):
+                return decision
             try:
-                recordings = self.events.put(events, read_set=read_set)
+                positions = self._record(decision.events, decision.read_set)
             except IntegrityError:
                 continue  # someone else wrote first (or this id was just used): decide again
-            position = recordings[-1].notification.id
             if self.auto_checkpoint:
-                self.maybe_checkpoint(position)
-            return {**outcome, "position": position}
+                self.maybe_checkpoint(positions[-1])
+            return {**decision.outcome, "position": positions[-1]}
         raise DomainError("conflict", f"command {command.command_id} kept conflicting with "
                           f"concurrent writes after {MAX_ATTEMPTS} attempts; retry it",
                           attempts=MAX_ATTEMPTS)
@@ -199,6 +361,17 @@ class Registry(Application):
             return fresh
         with self._projection_lock:
             return self._live_projection(progress)
+
+    def _decision_state(self, check: bool = False) -> Projection:
+        """The state to decide commands against. When this process wrote the log's last records
+        and its projection took them, no query is made: a decision is only as fresh as its
+        read set, which the store re-checks when it writes, so if another process has written
+        since, a command that depended on it conflicts, and is decided again after catching up.
+        Call with the projection lock held."""
+        projection = self._projection
+        if not check and projection is not None and projection.position == self._written_to:
+            return projection
+        return self._live_projection()
 
     def _live_projection(self, progress: Callable[[Progress], None] | None = None) -> Projection:
         if self._projection is None:

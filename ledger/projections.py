@@ -146,6 +146,21 @@ class Projection:
         self.as_of = min(end, upto) if upto is not None else self.position
         return applied
 
+    def take(self, rows: list[tuple[Any, ...]]) -> None:
+        """Apply records this process has just written right after `position` (whole commands,
+        as (position, originator id, version, topic, state) rows): no need to read them back."""
+        pending: list[tuple[Any, ...]] = []
+        for row in rows:
+            pending.append(row)
+            if row[3].startswith(_RECORD_PREFIX):
+                for m in pending:
+                    self._apply(m, row[0])
+                self.events_applied += len(pending)
+                self.position = self.as_of = row[0]
+                pending = []
+        if pending:
+            raise AssertionError(f"records after position {self.position} end inside a command")
+
     def _apply(self, row: tuple[Any, ...], command_position: int) -> None:
         position, oid, version, topic, state = row
         if topic.startswith(_SKIPPED_PREFIXES):

@@ -162,6 +162,9 @@ class LedgerTables:
             yield c
 
     def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet) -> list[int]:
+        """Insert the records after the chain head, under the store's write lock, once every
+        version in `read_set` is still the latest (checked before anything is inserted, so that
+        a group of commands may read what a later command of the same group changes)."""
         P, head = self.P, self._t("ledger_head")
         self._lock(c)
         c.execute(f"SELECT size, chain FROM {head} WHERE id = 1")
@@ -171,6 +174,22 @@ class LedgerTables:
             c.execute(f"INSERT INTO {head} (id, size, chain) VALUES (1, 0, {P})", (GENESIS_CHAIN,))
         else:
             size, chain = row["size"], bytes(row["chain"])
+        if read_set:  # one query for every aggregate the command only read
+            marks = ", ".join([P] * len(read_set))
+            c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
+                      f"FROM {self._t(self.events_table_name)} WHERE originator_id IN ({marks}) "
+                      f"GROUP BY originator_id", [self._oid(a) for a, _ in read_set])
+            self._check_read_set(read_set, c.fetchall())
+        rows, ids, size, chain = self._chained_rows(stored_events, size, chain)
+        c.executemany(
+            f"INSERT INTO {self._t(self.events_table_name)} (originator_id, originator_version, "
+            f"topic, state, {self.POS}, chain) VALUES ({P}, {P}, {P}, {P}, {P}, {P})", rows)
+        c.execute(f"UPDATE {head} SET size = {P}, chain = {P} WHERE id = 1", (size, chain))
+        return ids
+
+    def _chained_rows(self, stored_events: Sequence[StoredEvent], size: int,
+                      chain: bytes) -> tuple[list[tuple[Any, ...]], list[int], int, bytes]:
+        """The rows to insert after (size, chain): their positions and chain values."""
         rows = []
         ids = []
         for s in stored_events:
@@ -180,21 +199,14 @@ class LedgerTables:
             rows.append((self._oid(s.originator_id), s.originator_version, s.topic, s.state, size,
                          chain))
             ids.append(size)
-        c.executemany(
-            f"INSERT INTO {self._t(self.events_table_name)} (originator_id, originator_version, "
-            f"topic, state, {self.POS}, chain) VALUES ({P}, {P}, {P}, {P}, {P}, {P})", rows)
-        c.execute(f"UPDATE {head} SET size = {P}, chain = {P} WHERE id = 1", (size, chain))
-        if read_set:  # one query for every aggregate the command only read
-            marks = ", ".join([P] * len(read_set))
-            c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
-                      f"FROM {self._t(self.events_table_name)} WHERE originator_id IN ({marks}) "
-                      f"GROUP BY originator_id", [self._oid(a) for a, _ in read_set])
-            current = {self._uuid(r["id"]): r["v"] for r in c.fetchall()}
-            for aggregate_id, version in read_set:
-                now = current.get(aggregate_id, 0)
-                if now != version:
-                    raise StaleRead(f"aggregate {aggregate_id} moved from version {version} to {now}")
-        return ids
+        return rows, ids, size, chain
+
+    def _check_read_set(self, read_set: ReadSet, found: Sequence[Any]) -> None:
+        current = {self._uuid(r["id"]): r["v"] for r in found}
+        for aggregate_id, version in read_set:
+            now = current.get(aggregate_id, 0)
+            if now != version:
+                raise StaleRead(f"aggregate {aggregate_id} moved from version {version} to {now}")
 
     def ledger_statements(self, blob: str) -> list[str]:
         return [
@@ -408,11 +420,67 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         self._lock_table(c)
         self._notify_channel(c)
 
+    FUSED_ROWS = 1500  # up to this many records, one statement inserts them (9,000 parameters)
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """Three round trips per write: (BEGIN, lock, notify, read the head) as one simple
+        query; (insert, move the head, read the read set's versions) as one statement whose
+        read sees the table as it was before the insert; COMMIT."""
         if not stored_events:
             return []
-        with self.datastore.transaction(commit=True) as c:
-            return self._append(c, stored_events, kwargs.get("read_set") or ())
+        read_set = kwargs.get("read_set") or ()
+        with self.datastore.get_connection() as conn:
+            try:
+                ids = self._append_fused(conn, stored_events, read_set)
+            except BaseException:
+                conn.rollback() if not conn.autocommit else conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return ids
+
+    def _append_fused(self, conn: Any, stored_events: Sequence[StoredEvent],
+                      read_set: ReadSet) -> list[int]:
+        if not conn.autocommit or len(stored_events) > self.FUSED_ROWS:
+            conn.execute("BEGIN")
+            return self._append(conn.cursor(row_factory=dict_row), stored_events, read_set)
+        c = conn.cursor(row_factory=dict_row)
+        c.execute(self._begin_sql(conn))
+        while c.nextset():
+            pass
+        row = c.fetchone()
+        if row is None:
+            size, chain = 0, GENESIS_CHAIN
+            c.execute(f"INSERT INTO {self._t('ledger_head')} (id, size, chain) VALUES (1, 0, %s)",
+                      (GENESIS_CHAIN,))
+        else:
+            size, chain = row["size"], bytes(row["chain"])
+        rows, ids, size, chain = self._chained_rows(stored_events, size, chain)
+        params: list[Any] = [v for r in rows for v in r]
+        values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
+        sql = (f"WITH ins AS (INSERT INTO {self._t(self.events_table_name)} (originator_id, "
+               f"originator_version, topic, state, notification_id, chain) VALUES {values}), "
+               f"head AS (UPDATE {self._t('ledger_head')} SET size = %s, chain = %s WHERE id = 1) ")
+        params += [size, chain]
+        if read_set:
+            sql += (f"SELECT originator_id AS id, MAX(originator_version) AS v "
+                    f"FROM {self._t(self.events_table_name)} WHERE originator_id = ANY(%s) "
+                    f"GROUP BY originator_id")
+            params.append([a for a, _ in read_set])
+        else:
+            sql += "SELECT NULL AS id, NULL AS v WHERE false"
+        c.execute(sql, params)
+        self._check_read_set(read_set, c.fetchall())
+        return ids
+
+    _begin: str | None = None
+
+    def _begin_sql(self, conn: Any) -> str:
+        if self._begin is None:
+            parts = ["BEGIN", *(st.as_string(conn) for st in self.lock_table_statements),
+                     SQL("NOTIFY {0}").format(Identifier(self.channel_name)).as_string(conn),
+                     f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1"]
+            self._begin = "; ".join(parts)
+        return self._begin
 
     def max_notification_id(self) -> int | None:
         return self.head()[0]

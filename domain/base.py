@@ -38,12 +38,26 @@ class LedgerAggregate(Aggregate):
         pass
 
     def fork(self) -> LedgerAggregate:
-        """A copy that a command may change without touching this one (much cheaper than
-        deepcopy: values are str/int/bool or containers of them; tuples are immutable)."""
+        """A copy that a command may change without touching this one.
+
+        Copy on write: the copy shares this aggregate's containers until its first event, which
+        clones them (values are str/int/bool or containers of them; tuples are immutable). A
+        command reads many aggregates and changes few, and state changes only by events
+        (`trigger_event`), so most copies are never cloned."""
         twin = object.__new__(type(self))
-        twin.__dict__ = {k: _clone(v) for k, v in self.__dict__.items()}
-        twin.__dict__["_pending_events"] = []
+        state = dict(self.__dict__)
+        state["_pending_events"] = []
+        state["_shared"] = True
+        twin.__dict__ = state
         return twin
+
+    def trigger_event(self, *args: Any, **kwargs: Any) -> None:
+        if self.__dict__.pop("_shared", False):  # a fork's first change: own its containers
+            state = self.__dict__
+            for key, value in state.items():
+                if key != "_pending_events":
+                    state[key] = _clone(value)
+        super().trigger_event(*args, **kwargs)
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the aggregate's state breaks a rule that must always hold."""

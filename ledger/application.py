@@ -33,7 +33,7 @@ from ledger.handlers import Handlers, UnitOfWork
 from ledger.merkle import MerkleTree
 from ledger.projections import Progress, Projection
 from ledger.signing import Signature, SignedCommand, parse_canonical, sign_with_keyring
-from ledger.store import db_url, environment
+from ledger.store import db_url, environment, leaf_hashes
 from ledger.transcoder import MsgpackTranscoder
 
 MAX_ATTEMPTS = 20
@@ -260,10 +260,13 @@ class Registry(Application):
 
     def _record(self, events: list[Any], read_set: list[tuple[UUID, int]]) -> list[int]:
         """Write the events in one transaction; return their log positions. When this process's
-        projection was at the log's end, it takes the new records as written (no read back)."""
+        projection and Merkle tree were at the log's end, they take the new records as written
+        (no read back)."""
         stored = [self.mapper.to_stored_event(e) for e in events]
+        leaves = leaf_hashes(stored)
         try:
-            positions = list(self.recorder.insert_events(stored, read_set=read_set) or ())
+            positions = list(self.recorder.insert_events(stored, read_set=read_set,
+                                                         leaves=leaves) or ())
         except IntegrityError:
             self._written_to = None  # another process wrote: catch up before deciding again
             raise
@@ -277,6 +280,9 @@ class Registry(Application):
                 self._written_to = positions[-1]
             else:
                 self._written_to = None
+        with self._tree_lock:
+            if self._tree.size == positions[0] - 1:
+                self._tree.extend(leaves)
         return positions
 
     def _execute(self, command: C.Command, signed: SignedCommand) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -48,7 +49,9 @@ def public_text_raw(raw: bytes) -> str:
     return PREFIX + base64.b64encode(raw).decode("ascii")
 
 
+@lru_cache(maxsize=8192)
 def load_public(text: str) -> Ed25519PublicKey:
+    """The key object of a public key's text form (cached: the same keys sign again and again)."""
     return Ed25519PublicKey.from_public_bytes(raw_public(text))
 
 

@@ -60,6 +60,12 @@ PG_OPTIONS = {
 }
 
 
+def leaf_hashes(stored_events: Sequence[StoredEvent]) -> list[bytes]:
+    """The RFC 9162 leaf hash of each record (what the chain and the Merkle tree are made of)."""
+    return [merkle.leaf_hash(record_bytes(s.originator_id, s.originator_version, s.topic, s.state))
+            for s in stored_events]
+
+
 class StaleRead(IntegrityError):
     """An aggregate that a command read changed before the command's events were written."""
 
@@ -155,20 +161,25 @@ class LedgerTables:
     def _lock(self, c: Any) -> None:
         """Take the store's write lock before reading the head of the chain."""
 
+    def _lock_and_read_head(self, c: Any) -> Any:
+        """Take the write lock; the head's row (size, chain), or None before the first write."""
+        self._lock(c)
+        c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
+        return c.fetchone()
+
     @contextmanager
     def _reading(self) -> Iterator[Any]:
         """A cursor for reads (the library's transaction, for SQLite)."""
         with self.datastore.transaction(commit=False) as c:
             yield c
 
-    def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet) -> list[int]:
+    def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
+                leaves: Sequence[bytes] | None = None) -> list[int]:
         """Insert the records after the chain head, under the store's write lock, once every
         version in `read_set` is still the latest (checked before anything is inserted, so that
         a group of commands may read what a later command of the same group changes)."""
         P, head = self.P, self._t("ledger_head")
-        self._lock(c)
-        c.execute(f"SELECT size, chain FROM {head} WHERE id = 1")
-        row = c.fetchone()
+        row = self._lock_and_read_head(c)
         if row is None:
             size, chain = 0, GENESIS_CHAIN
             c.execute(f"INSERT INTO {head} (id, size, chain) VALUES (1, 0, {P})", (GENESIS_CHAIN,))
@@ -180,22 +191,25 @@ class LedgerTables:
                       f"FROM {self._t(self.events_table_name)} WHERE originator_id IN ({marks}) "
                       f"GROUP BY originator_id", [self._oid(a) for a, _ in read_set])
             self._check_read_set(read_set, c.fetchall())
-        rows, ids, size, chain = self._chained_rows(stored_events, size, chain)
+        rows, ids, size, chain = self._chained_rows(stored_events, size, chain, leaves)
         c.executemany(
             f"INSERT INTO {self._t(self.events_table_name)} (originator_id, originator_version, "
             f"topic, state, {self.POS}, chain) VALUES ({P}, {P}, {P}, {P}, {P}, {P})", rows)
         c.execute(f"UPDATE {head} SET size = {P}, chain = {P} WHERE id = 1", (size, chain))
         return ids
 
-    def _chained_rows(self, stored_events: Sequence[StoredEvent], size: int,
-                      chain: bytes) -> tuple[list[tuple[Any, ...]], list[int], int, bytes]:
-        """The rows to insert after (size, chain): their positions and chain values."""
+    def _chained_rows(self, stored_events: Sequence[StoredEvent], size: int, chain: bytes,
+                      leaves: Sequence[bytes] | None = None,
+                      ) -> tuple[list[tuple[Any, ...]], list[int], int, bytes]:
+        """The rows to insert after (size, chain): their positions and chain values. `leaves`
+        are the records' leaf hashes when the caller has them already."""
+        if leaves is None:
+            leaves = leaf_hashes(stored_events)
         rows = []
         ids = []
-        for s in stored_events:
+        for s, leaf in zip(stored_events, leaves, strict=True):
             size += 1
-            chain = next_chain(chain, merkle.leaf_hash(
-                record_bytes(s.originator_id, s.originator_version, s.topic, s.state)))
+            chain = next_chain(chain, leaf)
             rows.append((self._oid(s.originator_id), s.originator_version, s.topic, s.state, size,
                          chain))
             ids.append(size)
@@ -337,6 +351,10 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
     def _lock(self, c: Any) -> None:
         c.execute("UPDATE ledger_head SET size = size WHERE id = 1")
 
+    def _lock_and_read_head(self, c: Any) -> Any:
+        c.execute("UPDATE ledger_head SET size = size WHERE id = 1 RETURNING size, chain")
+        return c.fetchone()
+
     _memory_signer = threading.Lock()
 
     @contextmanager
@@ -363,7 +381,7 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
-        return self._append(c, stored_events, kwargs.get("read_set") or ())
+        return self._append(c, stored_events, kwargs.get("read_set") or (), kwargs.get("leaves"))
 
 
 class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
@@ -431,18 +449,19 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         read_set = kwargs.get("read_set") or ()
         with self.datastore.get_connection() as conn:
             try:
-                ids = self._append_fused(conn, stored_events, read_set)
+                ids = self._append_fused(conn, stored_events, read_set, kwargs.get("leaves"))
             except BaseException:
                 conn.rollback() if not conn.autocommit else conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
             return ids
 
-    def _append_fused(self, conn: Any, stored_events: Sequence[StoredEvent],
-                      read_set: ReadSet) -> list[int]:
+    def _append_fused(self, conn: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
+                      leaves: Sequence[bytes] | None) -> list[int]:
         if not conn.autocommit or len(stored_events) > self.FUSED_ROWS:
             conn.execute("BEGIN")
-            return self._append(conn.cursor(row_factory=dict_row), stored_events, read_set)
+            return self._append(conn.cursor(row_factory=dict_row), stored_events, read_set,
+                                leaves)
         c = conn.cursor(row_factory=dict_row)
         c.execute(self._begin_sql(conn))
         while c.nextset():
@@ -454,7 +473,7 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
                       (GENESIS_CHAIN,))
         else:
             size, chain = row["size"], bytes(row["chain"])
-        rows, ids, size, chain = self._chained_rows(stored_events, size, chain)
+        rows, ids, size, chain = self._chained_rows(stored_events, size, chain, leaves)
         params: list[Any] = [v for r in rows for v in r]
         values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
         sql = (f"WITH ins AS (INSERT INTO {self._t(self.events_table_name)} (originator_id, "

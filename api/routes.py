@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from domain import commands as C
@@ -16,7 +17,7 @@ class WriteRoute:
     created: bool = False
     summary: str = ""
 
-    @property
+    @cached_property
     def path_params(self) -> list[str]:
         return [p.strip("{}") for p in self.path.split("/") if p.startswith("{")]
 

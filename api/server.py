@@ -9,18 +9,20 @@ that id). Reads are signed the same way (or not at all, for the public registry)
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Any
 
 from fastapi import FastAPI, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import (
@@ -32,6 +34,8 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive, Scope, Send
 
 from api import http_signatures as H
 from api.problems import domain_error_handler, from_domain, problem, responses
@@ -63,6 +67,9 @@ MAX_POSITION = 2**53  # far beyond any log; bounds every position a query may na
 NONCE_MEMORY = 100_000
 CHECKPOINT_POLL_S = 0.5
 FOLLOW_POLL_S = 1.0
+# Threads that run Registry.execute: commands that wait in them together are committed together
+# (group commit), so there are more of them than cores.
+WRITE_THREADS = 40
 
 
 _COMMAND_SCHEMA: dict[str, Any] = {
@@ -129,6 +136,154 @@ class Metrics:
         self.position = Gauge("ledger_log_position", "Records in the log", registry=self.registry)
         self.checkpoint = Gauge("ledger_checkpoint_size", "Size of the latest checkpoint",
                                 registry=self.registry)
+        # Labelled children by their labels: .labels() validates and locks on every call.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+        self._outcomes: dict[tuple[str, str], Any] = {}
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        counted = self._counted.get((method, route, status))
+        if counted is None:
+            counted = self._counted[(method, route, status)] = self.requests.labels(
+                method, route, str(status))
+        counted.inc()
+        timed = self._timed.get((method, route))
+        if timed is None:
+            timed = self._timed[(method, route)] = self.latency.labels(method, route)
+        timed.observe(seconds)
+
+    def command(self, name: str, outcome: str) -> None:
+        counted = self._outcomes.get((name, outcome))
+        if counted is None:
+            counted = self._outcomes[(name, outcome)] = self.commands.labels(name, outcome)
+        counted.inc()
+
+
+class WriteThreads:
+    """The threads that run Registry.execute for the event loop. Commands that wait in them
+    together are committed together (group commit), so there are more threads than cores.
+
+    What asyncio's run_in_executor does, with less on the way: a queue put, and one
+    call_soon_threadsafe back with the outcome. Threads start as they are needed (when none is
+    idle), up to `size`; `stop()` ends them after the work queued before it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.idle = threading.Semaphore(0)
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+
+    def run(self, fn: Callable[[Any], Any], arg: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.queue.put((loop, future, fn, arg))
+        if not self.idle.acquire(blocking=False):
+            with self.lock:
+                if len(self.threads) < self.size:
+                    thread = threading.Thread(target=self._work, daemon=True,
+                                              name=f"write-{len(self.threads)}")
+                    self.threads.append(thread)
+                    thread.start()
+        return future
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            loop, future, fn, arg = item
+            try:
+                result, error = fn(arg), None
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting request
+                result, error = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+            del item, loop, future, result, error
+            self.idle.release()
+
+    def stop(self) -> None:
+        with self.lock:
+            threads, self.threads = self.threads, []
+        for _ in threads:
+            self.queue.put(None)
+        for thread in threads:
+            thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class RegistryApp(FastAPI):
+    """FastAPI, with the writes on fixed paths (POST /v1/transfers and the like) answered before
+    its middleware stack, routing, dependency solving and Request objects, which cost more than
+    the rest of the HTTP side of a write. Every other request goes through FastAPI as usual.
+    Every request is timed for /metrics here (as a pure ASGI wrapper: Starlette's
+    BaseHTTPMiddleware runs each request in a task group of its own)."""
+
+    metrics: Metrics
+    fast_writes: dict[tuple[str, str], tuple[str, Callable[[Scope, Receive, Send], Awaitable[int]]]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        method = scope["method"]
+        fast = (None if self.root_path or scope.get("root_path")
+                else self.fast_writes.get((method, scope["path"])))
+        if fast is not None:
+            name, handle = fast
+            status = await handle(scope, receive, send)
+        else:
+            status = 500
+
+            async def send_and_see(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            await super().__call__(scope, receive, send_and_see)
+            name = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.request(method, name, status, time.perf_counter() - started)
+
+
+_WANTED_HEADERS = {b"content-length": "content-length", b"content-digest": "content-digest",
+                   b"signature-input": "signature-input", b"signature": "signature"}
+
+
+def _headers_of(scope: Scope) -> dict[str, str]:
+    """The request headers a write reads (the first of each, as Starlette's Headers.get gives)."""
+    out: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        name = _WANTED_HEADERS.get(key)
+        if name is None:
+            name = _WANTED_HEADERS.get(key.lower())
+        if name is not None and name not in out:
+            out[name] = value.decode("latin-1")
+    return out
+
+
+def _json_body(content: Any) -> bytes:
+    """Exactly what Starlette's JSONResponse renders."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":")).encode("utf-8")
+
+
+class _RawResponse(Response):
+    """A response whose status, raw headers and body are already made."""
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status_code = status
+        self.body = body
+        self.raw_headers = raw_headers
+        self.background = None
 
 
 def create_app(registry: Registry | None = None) -> FastAPI:
@@ -136,6 +291,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     state: dict[str, Any] = {"registry": registry}
     metrics = Metrics()
     nonces = NonceMemory()
+    writers = WriteThreads(WRITE_THREADS)
 
     def reg() -> Registry:
         app_registry = state["registry"]
@@ -163,10 +319,11 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             stop.set()
             for thread in threads:
                 thread.join(timeout=5)
+            writers.stop()
             if state.get("owned"):
                 reg().close()
 
-    app = FastAPI(
+    app = RegistryApp(
         title="carbon-ledger",
         version="0.1.0",
         summary="A verifiable registry of forestry carbon tickets (林业碳票)",
@@ -188,15 +345,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         code = "invalid_argument" if exc.status_code < 500 else "operation_failed"
         return problem(code, str(exc.detail), status=exc.status_code)
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next: Callable[..., Any]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, name, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, name).observe(time.perf_counter() - started)
-        return response
+    app.metrics = metrics
+    app.fast_writes = {}
 
     # Authentication ------------------------------------------------------------------------
 
@@ -238,41 +388,130 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     # Writes --------------------------------------------------------------------------------
 
-    def add_write(route: WriteRoute) -> None:
-        async def endpoint(request: Request) -> Response:
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                return problem("payload_too_large", f"the body is {declared} bytes; at most "
-                               f"{MAX_BODY_BYTES} are accepted")
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                return problem("payload_too_large", f"the body is {len(body)} bytes; at most "
-                               f"{MAX_BODY_BYTES} are accepted")
-            try:
-                data = parse_canonical(body)
-                command = C.parse(data)
-                if command.name not in route.commands:
-                    raise DomainError("invalid_argument", f"{route.method} {route.path} takes "
-                                      f"{' or '.join(route.commands[:3])} commands, not {command.name}")
-                for param in route.path_params:
-                    if command.get(PARAM_ARG[param]) != request.path_params[param]:
-                        raise DomainError("invalid_argument", f"the path says {param} "
-                                          f"{request.path_params[param]!r}, the command says "
-                                          f"{command.get(PARAM_ARG[param])!r}")
-                signed = signed_command(request, body, command)
-                outcome = await run_in_threadpool(reg().execute, signed)
-            except DomainError as e:
-                metrics.commands.labels(route.commands[0] if len(route.commands) == 1 else "any",
-                                        e.code).inc()
-                return from_domain(e)
-            metrics.commands.labels(command.name, "accepted").inc()
-            replayed = bool(outcome.pop("replayed", False))
-            position = outcome.pop("position", None)
-            headers = {"Idempotent-Replayed": "true" if replayed else "false"}
-            if position is not None:
-                headers["X-Log-Position"] = str(position)
-            return JSONResponse(outcome, status_code=201 if route.created else 200, headers=headers)
+    def too_large(declared: str | None) -> JSONResponse | None:
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return problem("payload_too_large", f"the body is {declared} bytes; at most "
+                           f"{MAX_BODY_BYTES} are accepted")
+        return None
 
+    async def decide(route: WriteRoute, method: str, path: str, path_params: Mapping[str, str],
+                     headers: Mapping[str, str], body: bytes
+                     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A write's status, raw headers and body.
+
+        Registry.execute parses and checks the body in full (in a write thread), so on the way
+        there a plain json.loads is enough to check the route and to label the signatures.
+        Whenever a check here refuses, the body is first parsed in full, so that every request
+        gets the refusal it got when the server parsed it first: a malformed body is refused
+        as such before a missing or bad signature, and before a route that does not take it.
+        """
+        if len(body) > MAX_BODY_BYTES:
+            return _problem_parts(problem("payload_too_large", f"the body is {len(body)} bytes; "
+                                          f"at most {MAX_BODY_BYTES} are accepted"))
+
+        def full_parse() -> C.Command:
+            command = C.parse(parse_canonical(body))
+            if command.name not in route.commands:
+                raise DomainError("invalid_argument", f"{route.method} {route.path} takes "
+                                  f"{' or '.join(route.commands[:3])} commands, not {command.name}")
+            for param in route.path_params:
+                if command.get(PARAM_ARG[param]) != path_params[param]:
+                    raise DomainError("invalid_argument", f"the path says {param} "
+                                      f"{path_params[param]!r}, the command says "
+                                      f"{command.get(PARAM_ARG[param])!r}")
+            return command
+
+        name = ""
+        try:
+            data = quick_look(route, body)
+            if data is not None:
+                name, actor, args = data
+                try:
+                    signed = signed_command(method, path, headers, body, name, actor, args)
+                except DomainError:
+                    full_parse()  # a malformed body is refused first, as it would be below
+                    raise
+            else:
+                command = full_parse()
+                name = command.name
+                signed = signed_command(method, path, headers, body, name, command.actor,
+                                        command.fields)
+            outcome = await writers.run(reg().execute, signed)
+        except DomainError as e:
+            metrics.command(route.commands[0] if len(route.commands) == 1 else "any", e.code)
+            return _problem_parts(from_domain(e))
+        metrics.command(name, "accepted")
+        replayed = bool(outcome.pop("replayed", False))
+        position = outcome.pop("position", None)
+        raw = [(b"idempotent-replayed", b"true" if replayed else b"false")]
+        if position is not None:
+            raw.append((b"x-log-position", str(position).encode("latin-1")))
+        content = _json_body(outcome)
+        raw.append((b"content-length", str(len(content)).encode("latin-1")))
+        raw.append((b"content-type", b"application/json"))
+        return (201 if route.created else 200), raw, content
+
+    def quick_look(route: WriteRoute, body: bytes) -> tuple[str, Any, dict[str, Any]] | None:
+        """(command, actor, args) by a plain parse, when the route takes this command and has
+        no path parameters to compare (their checks need the parsed command); else None."""
+        if route.path_params:
+            return None
+        try:
+            data = json.loads(body)
+        except Exception:  # noqa: BLE001 - the full parse says what is wrong
+            return None
+        if type(data) is not dict:
+            return None
+        name, args = data.get("command"), data.get("args")
+        if type(name) is not str or name not in route.commands or type(args) is not dict:
+            return None
+        return name, data.get("actor"), args
+
+    def add_write(route: WriteRoute) -> None:
+        created = 201 if route.created else 200
+
+        async def endpoint(request: Request) -> Response:
+            refused = too_large(request.headers.get("content-length"))
+            if refused is not None:
+                return refused
+            body = await request.body()
+            status, raw, content = await decide(route, request.method, request.url.path,
+                                                request.path_params, request.headers, body)
+            return _RawResponse(status, raw, content)
+
+        async def fast(scope: Scope, receive: Receive, send: Send) -> int:
+            """The same write, straight from ASGI (its path has no parameters)."""
+            started = False
+            try:
+                headers = _headers_of(scope)
+                refused = too_large(headers.get("content-length"))
+                if refused is None:
+                    chunks = []
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            raise ClientDisconnect()  # as Request.body() does
+                        chunks.append(message.get("body", b""))
+                        if not message.get("more_body", False):
+                            break
+                    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    status, raw, content = await decide(route, scope["method"], scope["path"],
+                                                        {}, headers, body)
+                else:
+                    status, raw, content = _problem_parts(refused)
+                started = True
+                await send({"type": "http.response.start", "status": status, "headers": raw})
+                await send({"type": "http.response.body", "body": content})
+                return status
+            except Exception:
+                # What Starlette's ServerErrorMiddleware does for the other routes.
+                if not started:
+                    await PlainTextResponse("Internal Server Error", status_code=500)(
+                        scope, receive, send)
+                raise
+
+        if not route.path_params:
+            app.fast_writes[(route.method, route.path)] = (route.path, fast)
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                   for p in route.path_params]
         example = _examples().get(route.commands[0]) if len(route.commands) == 1 else None
@@ -282,9 +521,9 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         app.add_api_route(
             route.path, endpoint, methods=[route.method], summary=route.summary,
             name=f"{route.method.lower()}_{route.path}",
-            status_code=201 if route.created else 200,
+            status_code=created,
             responses={**responses(400, 401, 403, 404, 409, 413, 422),
-                       (201 if route.created else 200): {
+                       created: {
                            "description": "the command's outcome",
                            "content": {"application/json": {"schema": _OUTCOME_SCHEMA}}}},
             openapi_extra={"parameters": params + _SIGNATURE_HEADERS,
@@ -292,26 +531,25 @@ def create_app(registry: Registry | None = None) -> FastAPI:
                                            "content": {"application/json": content}}},
         )
 
-    def signed_command(request: Request, body: bytes, command: C.Command) -> SignedCommand:
-        wire = H.parse_headers(request.headers)
+    def signed_command(method: str, path: str, headers: Mapping[str, str], body: bytes,
+                       name: str, actor: Any, args: Mapping[str, Any]) -> SignedCommand:
+        wire = H.parse_headers(headers)
         if not wire:
             raise DomainError("unsigned", "the request carries no signature; sign it with RFC 9421")
-        digest = request.headers.get("content-digest")
+        digest = headers.get("content-digest")
         sigs = []
         for w in wire:
-            base = H.base_for(w, method=request.method, path=request.url.path, query="",
-                              digest_header=digest)
+            base = H.base_for(w, method=method, path=path, query="", digest_header=digest)
             if w.tag == ACTOR_TAG:
-                signer = command.actor
+                signer = actor
             elif w.tag == CONSENT_TAG:
                 signer = reg().key_owner(w.keyid) or ""
-                if command.name == "rotate_key":  # the new key is not registered yet
-                    signer = command["participant_id"]
+                if name == "rotate_key":  # the new key is not registered yet
+                    signer = args.get("participant_id")
             else:
                 raise DomainError("bad_signature", f"unknown signature tag {w.tag!r}")
             sigs.append(Signature(signer, w.keyid, base, w.signature))
-        return SignedCommand(body=body, signatures=tuple(sigs), method=request.method,
-                             path=request.url.path)
+        return SignedCommand(body=body, signatures=tuple(sigs), method=method, path=path)
 
     for route in WRITES:
         add_write(route)
@@ -542,6 +780,10 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         return {"size": size, "witness": witness.participant_id, "stored": True}
 
     return app
+
+
+def _problem_parts(response: Response) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    return response.status_code, response.raw_headers, bytes(response.body)
 
 
 def _checkpoint_loop(registry: Registry, stop: threading.Event) -> None:

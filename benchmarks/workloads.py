@@ -290,7 +290,9 @@ def batch_transfers(sizes: Sizes, pg: PgScratch | None) -> list[Row]:
 
 def http_load(sizes: Sizes, workers: int) -> list[Row]:
     from benchmarks.http_load import run as run_http
+    from benchmarks.http_load import run_batch
 
+    batch_size, batch_threads, batch_target = 1000, 2, 10_000  # transfers/s over HTTP
     result = run_http(seconds=sizes.http_seconds, procs=sizes.http_procs,
                       threads=sizes.http_threads, workers=workers)
     rate, p50, p99 = result["rate"], result["p50_ms"], result["p99_ms"]
@@ -299,8 +301,24 @@ def http_load(sizes: Sizes, workers: int) -> list[Row]:
             f"{sizes.http_procs} client processes x {sizes.http_threads} threads, each its own "
             f"exchange key, {result['seconds']:.1f} s; requests pre-signed before the clock started "
             f"(client signing {fmt_int(result['sign_per_s'])}/s per client process, would take CPU "
-            f"from the server on {os.cpu_count()} cores); {fmt_int(result['ok'])} accepted, "
-            f"errors {errors or 'none'}")
+            f"from the server on {os.cpu_count()} cores) and sent as raw HTTP/1.1 on keep-alive "
+            f"sockets, every status checked; {fmt_int(result['ok'])} accepted, errors "
+            f"{errors or 'none'}; CPU per request: server {fmt_int(result['server_cpu_us_per_request'])}"
+            f" µs ({result['server_cores_busy']:.2f} cores busy), clients "
+            f"{fmt_int(result['client_cpu_us_per_request'])} µs ({result['client_cores_busy']:.2f} "
+            "cores)")
+    batch = run_batch(seconds=sizes.http_seconds, threads=batch_threads, batch_size=batch_size,
+                      workers=workers)
+    batch_rate, batch_errors = batch["transfers_rate"], batch["errors"]
+    batch_note = (f"POST /v1/transfers/batch, one signed settle_batch of {fmt_int(batch_size)} "
+                  f"transfers ({fmt_int(batch['body_bytes'])} bytes) per request, "
+                  f"{batch_threads} client threads (one exchange each) posting one batch after "
+                  f"another, {batch['seconds']:.1f} s; {fmt_int(batch['batches'])} batches accepted, "
+                  f"errors {batch_errors or 'none'}; p50 {batch['p50_ms']:,.0f} ms, p99 "
+                  f"{batch['p99_ms']:,.0f} ms per batch; server CPU "
+                  f"{batch['server_cpu_us_per_request'] / 1000:,.0f} ms per batch "
+                  f"({batch['server_cores_busy']:.2f} cores busy); the comparison submits batches "
+                  f"of {fmt_int(batch['direct_batch_size'])} in-process on the same store")
     return [
         Row("HTTP signed single transfers: throughput", rate, "transfers/s",
             result.get("direct_rate"), "Registry.submit in-process (same store)",
@@ -311,6 +329,15 @@ def http_load(sizes: Sizes, workers: int) -> list[Row]:
         Row("HTTP signed single transfers: p99 latency", p99, "ms", None, "",
             target=f"<= {HTTP_P99_TARGET_MS} ms", passed=p99 <= HTTP_P99_TARGET_MS,
             higher_is_better=False),
+        Row("HTTP server CPU per signed transfer", result["server_cpu_us_per_request"], "µs",
+            None, "", target="(report)", passed=None, higher_is_better=False,
+            notes="user + system CPU of the server process over the load, per request; on one "
+                  "worker the server's Python runs on one core at a time (the GIL)"),
+        Row(f"HTTP signed batch settlement ({fmt_int(batch_size)} per batch): throughput",
+            batch_rate, "transfers/s", batch["direct_transfers_rate"],
+            "Registry.submit of batches in-process (same store)",
+            target=f">= {fmt_int(batch_target)}/s",
+            passed=batch_rate >= batch_target and not batch_errors, notes=batch_note),
     ]
 
 

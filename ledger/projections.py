@@ -132,8 +132,7 @@ class Projection:
             for row in batch:
                 pending.append(row)
                 if row[3].startswith(_RECORD_PREFIX):
-                    for m in pending:
-                        self._apply(m, row[0])
+                    self._apply_command(pending, row[0])
                     applied += len(pending)
                     self.position = row[0]
                     pending = []
@@ -153,21 +152,28 @@ class Projection:
         for row in rows:
             pending.append(row)
             if row[3].startswith(_RECORD_PREFIX):
-                for m in pending:
-                    self._apply(m, row[0])
+                self._apply_command(pending, row[0])
                 self.events_applied += len(pending)
                 self.position = self.as_of = row[0]
                 pending = []
         if pending:
             raise AssertionError(f"records after position {self.position} end inside a command")
 
+    def _apply_command(self, rows: list[tuple[Any, ...]], command_position: int) -> None:
+        """Apply the records of one command (its position is that of its last record)."""
+        apply = self._apply
+        for row in rows:
+            topic = row[3]
+            if topic.startswith(_SKIPPED_PREFIXES):
+                # Only whether a trade id or a command id is taken matters here.
+                oid = row[1]
+                (self.trade_ids if topic.startswith(_TRADE_PREFIX) else self.record_ids).add(
+                    oid.hex if isinstance(oid, UUID) else oid)
+            else:
+                apply(row, command_position)
+
     def _apply(self, row: tuple[Any, ...], command_position: int) -> None:
         position, oid, version, topic, state = row
-        if topic.startswith(_SKIPPED_PREFIXES):
-            # Only whether a trade id or a command id is taken matters here.
-            (self.trade_ids if topic.startswith(_TRADE_PREFIX) else self.record_ids).add(
-                oid.hex if isinstance(oid, UUID) else oid)
-            return
         event = self._decode(topic, self._uuid(oid), version, state)
         agg = self.aggregates.get(event.originator_id)
         if agg is None:

@@ -67,6 +67,7 @@ MAX_POSITION = 2**53  # far beyond any log; bounds every position a query may na
 NONCE_MEMORY = 100_000
 CHECKPOINT_POLL_S = 0.5
 FOLLOW_POLL_S = 1.0
+FOLLOW_COALESCE_S = 0.05  # notifications that arrive this close together: one catch-up
 # Threads that run Registry.execute: commands that wait in them together are committed together
 # (group commit), so there are more of them than cores.
 WRITE_THREADS = 40
@@ -573,23 +574,23 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/participants/{participant_id}", summary="A participant, its role and keys",
              responses=read_responses)
     def get_participant(participant_id: str) -> dict[str, Any]:
-        view = reg().projection().participant(participant_id)
+        view = reg().view(lambda p: p.participant(participant_id))
         view.pop("mandates")
         return view
 
     @app.get("/v1/projects/{project_id}", summary="A project", responses=read_responses)
     def get_project(project_id: str) -> dict[str, Any]:
-        return reg().projection().project(project_id)
+        return reg().view(lambda p: p.project(project_id))
 
     @app.get("/v1/tickets/{ticket_no}", summary="A ticket's supply and serial blocks (public)",
              responses=read_responses)
     def get_ticket(ticket_no: str, as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
-        return reg().projection(as_of=as_of).ticket(ticket_no)
+        return reg().view(lambda p: p.ticket(ticket_no), as_of=as_of)
 
     @app.get("/v1/tickets/{ticket_no}/history", summary="Every event of a ticket (public)",
              responses=read_responses)
     def get_ticket_history(ticket_no: str) -> list[dict[str, Any]]:
-        return reg().projection().history(ticket=ticket_no)
+        return reg().view(lambda p: p.history(ticket=ticket_no))
 
     @app.get("/v1/transfers/{trade_id}", summary="A settled trade (its exchange, parties, regulator)",
              responses=read_responses)
@@ -616,16 +617,19 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     def get_balances(request: Request, holder: str,
                      as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
         caller = caller_of(request)
-        projection = reg().projection(as_of=as_of)
-        view = projection.balances(holder)
+
+        def read(projection: Any) -> tuple[dict[str, Any], set[str], set[str]]:
+            view = projection.balances(holder)
+            pledged_to_caller = {p.pledge_id for p in projection.pledges.values()
+                                 if p.pledgee == caller.participant_id and p.pledgor == holder}
+            return view, set(projection.participants[holder].mandates), pledged_to_caller
+
+        view, mandates, pledges = reg().view(read, as_of=as_of)
         if caller.regulator or caller.participant_id == holder:
             return view
-        account = projection.participants[holder]
-        if caller.role == "exchange" and caller.participant_id in account.mandates:
+        if caller.role == "exchange" and caller.participant_id in mandates:
             return view  # a member of this exchange
         if caller.role == "bank":
-            pledges = {p.pledge_id for p in projection.pledges.values()
-                       if p.pledgee == caller.participant_id and p.pledgor == holder}
             for t in view["tickets"]:
                 t["blocks"] = [b for b in t["blocks"] if b.get("pledge_id") in pledges]
             view["tickets"] = [t for t in view["tickets"] if t["blocks"]]
@@ -648,7 +652,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             require(caller, caller.role == "bank" and bank in (None, caller.participant_id),
                     "the pledge register")
             bank = caller.participant_id
-        return reg().projection(as_of=as_of).pledge_register(bank)
+        return reg().view(lambda p: p.pledge_register(bank), as_of=as_of)
 
     @app.get("/v1/pledges/{pledge_id}", summary="A pledge (its bank, its pledgor, regulators)",
              responses=read_responses)
@@ -665,7 +669,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         """The pledge, for its bank, its pledgor and regulators (unsigned callers learn nothing)."""
         caller = caller_of(request)
         require(caller, caller.participant_id is not None, "a pledge")
-        view = reg().projection().pledge(pledge_id)
+        view = reg().view(lambda p: p.pledge(pledge_id))
         require(caller, caller.regulator or caller.participant_id in (view["pledgee"], view["pledgor"]),
                 f"pledge {pledge_id}")
         return view
@@ -674,7 +678,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     def get_policy(request: Request, policy_id: str) -> dict[str, Any]:
         caller = caller_of(request)
         require(caller, caller.participant_id is not None, "a policy")
-        view = reg().projection().policy(policy_id)
+        view = reg().view(lambda p: p.policy(policy_id))
         require(caller, caller.regulator or caller.participant_id in (
             view["insurer"], view["insured"], view["loss_payee"]), f"policy {policy_id}")
         return view
@@ -683,9 +687,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     def get_claim(request: Request, claim_id: str) -> dict[str, Any]:
         caller = caller_of(request)
         require(caller, caller.participant_id is not None, "a claim")
-        projection = reg().projection()
-        view = projection.claim(claim_id)
-        policy = projection.policies[view["policy_id"]]
+        view, policy = reg().view(lambda p: (p.claim(claim_id),
+                                             p.policies[p.claims[claim_id].policy_id]))
         require(caller, caller.regulator or caller.participant_id in (
             policy.insurer, policy.insured, policy.loss_payee), f"claim {claim_id}")
         return view
@@ -693,12 +696,12 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/retirements/{retirement_id}", summary="A retirement (public)",
              responses=read_responses)
     def get_retirement(retirement_id: str) -> dict[str, Any]:
-        return reg().projection().retirement(retirement_id)
+        return reg().view(lambda p: p.retirement(retirement_id))
 
     @app.get("/v1/retirements/{retirement_id}/certificate",
              summary="A retirement certificate with its proof (public)", responses=read_responses)
     def get_certificate(retirement_id: str) -> dict[str, Any]:
-        return {"retirement": reg().projection().retirement(retirement_id),
+        return {"retirement": reg().view(lambda p: p.retirement(retirement_id)),
                 "proof": proof_bundle(reg(), "retirement", retirement_id)}
 
     @app.get("/v1/compliance/{entity}/{scheme}/{period}", summary="Offset usage and headroom",
@@ -708,7 +711,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         caller = caller_of(request)
         require(caller, caller.regulator or caller.participant_id == entity,
                 f"{entity}'s compliance account")
-        return reg().projection(as_of=as_of).compliance_view(entity, scheme, period)
+        return reg().view(lambda p: p.compliance_view(entity, scheme, period), as_of=as_of)
 
     @app.get("/v1/log", summary="Log records with their chain values (regulators)",
              responses=read_responses)
@@ -812,6 +815,12 @@ def _follow_loop(registry: Registry, stop: threading.Event) -> None:
                     try:
                         while not stop.is_set():
                             for _ in conn.notifies(timeout=FOLLOW_POLL_S, stop_after=1):
+                                pass
+                            # Under load every write notifies: let them gather for a moment and
+                            # catch up once for all of them.
+                            if stop.wait(FOLLOW_COALESCE_S):
+                                break
+                            for _ in conn.notifies(timeout=0):
                                 pass
                             registry.projection()
                     finally:

@@ -39,6 +39,7 @@ from ledger.transcoder import MsgpackTranscoder
 MAX_ATTEMPTS = 20
 MAX_GROUP = 256  # commands committed together at most (their records share one transaction)
 A = TypeVar("A", bound=LedgerAggregate)
+T = TypeVar("T")
 
 
 # Stands for a trade that exists: handlers only ask whether a trade id is taken.
@@ -367,6 +368,20 @@ class Registry(Application):
             return fresh
         with self._projection_lock:
             return self._live_projection(progress)
+
+    def view(self, read: Callable[[Projection], T], as_of: int | None = None) -> T:
+        """`read(projection)`, caught up with every write committed before this call (or as of a
+        position). The store is asked how far the log goes without holding the projection's
+        lock; the projection catches up under the lock only when it is behind, and `read` runs
+        under it, so a view never sees a command half applied."""
+        if as_of is not None:
+            return read(self.projection(as_of))
+        head = self.recorder.max_notification_id() or 0
+        with self._projection_lock:
+            projection = self._projection
+            if projection is None or projection.position < head:
+                projection = self._live_projection()
+            return read(projection)
 
     def _decision_state(self, check: bool = False) -> Projection:
         """The state to decide commands against. When this process wrote the log's last records

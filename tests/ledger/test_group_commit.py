@@ -206,3 +206,55 @@ def test_many_threads_writing_at_once_share_transactions(app: Registry) -> None:
     assert app.projection().balances("bob")["totals"]["available_t"] == n_threads * per_thread
     assert writes.calls <= n_threads * per_thread
     assert audit_database(app.recorder).ok
+
+
+def test_a_view_sees_what_another_process_wrote(app: Registry, store_url: str) -> None:
+    """Read-your-writes across processes: a second registry on the same store writes; the
+    first one's next view shows it, and its next decision is made against it."""
+    other = Registry(store_url, keyring=app.keyring)
+    try:
+        assert app.view(lambda p: p.balances("bob")["totals"]["available_t"]) == 0
+        other.submit(*transfer("T-other", 7))
+        assert app.view(lambda p: p.balances("bob")["totals"]["available_t"]) == 7
+        app.submit(*transfer("T-mine", 93))  # exactly what alice has left
+        with pytest.raises(DomainError) as refused:
+            other.submit(*transfer("T-late", 1))
+        assert refused.value.code == "insufficient_available"
+    finally:
+        other.close()
+
+
+def test_a_stale_decision_is_caught_and_decided_again(app: Registry, store_url: str) -> None:
+    """This process wrote last and decides without asking the store; another process has
+    written since. The version checks catch the stale decision, and the retry catches up."""
+    app.submit(*transfer("T-first", 1))  # this process wrote last: its next decision is at once
+    other = Registry(store_url, keyring=app.keyring)
+    try:
+        other.submit(*transfer("T-other", 98))  # alice keeps 1 t, unseen by `app` so far
+        writes = Writes(app)
+        with pytest.raises(DomainError) as refused:
+            app.submit(*transfer("T-stale", 2))
+        assert refused.value.code == "insufficient_available"
+        assert writes.calls == 1  # the stale attempt conflicted; the retry refused
+        assert app.submit(*transfer("T-last", 1))["position"] == app.log_position()
+    finally:
+        other.close()
+    assert audit_database(app.recorder).ok
+
+
+def test_written_records_taken_into_the_projection_equal_a_rebuild(app: Registry) -> None:
+    together(app, [transfer(f"T-{i}", 1 + i % 3) for i in range(6)])
+    app.submit("freeze", "eco", "c-freeze", {"holder": "bob", "reason": "check"})
+    live = app.projection()
+    fresh = Registry(app.url, keyring=app.keyring) if not app.url.endswith(":memory:") else None
+    rebuilt = (fresh or app).rebuild()
+    try:
+        for holder in ("alice", "bob", "carol"):
+            assert live.balances(holder) == rebuilt.balances(holder)
+            assert live.history(holder=holder) == rebuilt.history(holder=holder)
+        assert live.ticket("SM-0000001") == rebuilt.ticket("SM-0000001")
+        assert live.commitment.root() == rebuilt.commitment.root()
+        assert live.position == rebuilt.position
+    finally:
+        if fresh is not None:
+            fresh.close()

@@ -258,3 +258,27 @@ def test_written_records_taken_into_the_projection_equal_a_rebuild(app: Registry
     finally:
         if fresh is not None:
             fresh.close()
+
+
+def test_an_sqlite_writer_waits_for_another_processs_write_then_gives_up(
+        db_url: str, tmp_path: Path) -> None:
+    import fcntl
+
+    from ledger.store import sqlite_path
+
+    app = Registry(db_url, keyring=Keyring(tmp_path / "keys"))
+    try:
+        _setup(app)
+        before = app.log_position()
+        app.recorder.WRITER_WAIT_S = 0.2
+        with open(f"{sqlite_path(db_url)}.write.lock", "a+") as held:  # another writer's turn
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+            started = time.monotonic()
+            with pytest.raises(Exception, match="writing for more than"):
+                app.submit(*transfer("T-1", 1))
+            assert 0.2 <= time.monotonic() - started < 5
+            fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+        assert app.log_position() == before
+        assert app.submit(*transfer("T-1", 1))["position"] > before  # its turn came
+    finally:
+        app.close()

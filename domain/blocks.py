@@ -95,6 +95,10 @@ def reassign_in_place(out: list[Block], ranges: Sequence[Range], holder: str, st
     """
     for a, b in ranges:
         i = max(bisect_right(out, (a, 1 << 62)) - 1, 0)
+        blk = out[i] if out else None
+        if blk is not None and blk[0] <= a and b <= blk[1]:
+            _within_one_block(out, i, blk, a, b, holder, state, ref)
+            continue
         j = i
         pieces: list[Block] = []
         while j < len(out) and out[j][0] <= b:
@@ -114,6 +118,31 @@ def reassign_in_place(out: list[Block], ranges: Sequence[Range], holder: str, st
         lo, hi = max(i - 1, 0), min(i + len(pieces) + 1, len(out))
         out[lo:hi] = merge(out[lo:hi])
     return out
+
+
+def _within_one_block(out: list[Block], i: int, blk: Block, a: int, b: int, holder: str,
+                      state: str, ref: str) -> None:
+    """reassign_in_place's common case: a..b lies inside the block out[i] (blocks canonical)."""
+    first, last, h, s, r = blk
+    if h == holder and s == state and r == ref:
+        return  # nothing changes
+    pieces: list[Block] = []
+    if first < a:
+        pieces.append((first, a - 1, h, s, r))
+    new_first, new_last = a, b
+    lo, hi = i, i + 1  # the slice of `out` the pieces replace
+    if first == a and i > 0:  # the new block may join its left neighbour
+        left = out[i - 1]
+        if left[1] + 1 == a and left[2] == holder and left[3] == state and left[4] == ref:
+            new_first, lo = left[0], i - 1
+    if b == last and i + 1 < len(out):  # ... and its right neighbour
+        right = out[i + 1]
+        if right[0] == b + 1 and right[2] == holder and right[3] == state and right[4] == ref:
+            new_last, hi = right[1], i + 2
+    pieces.append((new_first, new_last, holder, state, ref))
+    if b < last:
+        pieces.append((b + 1, last, h, s, r))
+    out[lo:hi] = pieces
 
 
 def merge(blocks: Sequence[Block]) -> list[Block]:

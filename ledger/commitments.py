@@ -102,18 +102,28 @@ class StateCommitment:
         self._leaves: dict[str, bytes] = {}
         self._keys: list[str] = []  # sorted
         self._dirty: set[str] = set()
+        self._touched: dict[int, LedgerAggregate] = {}  # changed since the last refresh
 
     def touch(self, agg: LedgerAggregate) -> None:
-        """Note that an aggregate changed; its leaf is recomputed at the next root()."""
-        key = key_of(agg)
-        if key is None:
-            return
-        if key not in self._aggregates:
-            insort(self._keys, key)
-        self._aggregates[key] = agg
-        self._dirty.add(key)
+        """Note that an aggregate changed; its leaf is recomputed at the next root().
+
+        Cheap on purpose (a replay touches an aggregate at every event): the key is found once
+        per aggregate and refresh."""
+        self._touched[id(agg)] = agg
+
+    def _sort_in(self) -> None:
+        for agg in self._touched.values():
+            key = key_of(agg)
+            if key is None:
+                continue
+            if key not in self._aggregates:
+                insort(self._keys, key)
+            self._aggregates[key] = agg
+            self._dirty.add(key)
+        self._touched.clear()
 
     def _refresh(self) -> None:
+        self._sort_in()
         for key in self._dirty:
             found = entry(self._aggregates[key])
             assert found is not None
@@ -128,9 +138,11 @@ class StateCommitment:
         return merkle.root(self.leaf_hashes())
 
     def __len__(self) -> int:
+        self._sort_in()
         return len(self._keys)
 
     def value(self, key: str) -> dict[str, Any] | None:
+        self._sort_in()
         agg = self._aggregates.get(key)
         found = entry(agg) if agg is not None else None
         return found[1] if found else None

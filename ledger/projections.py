@@ -77,6 +77,7 @@ class Projection:
         self.commitment = StateCommitment()
         self._classes: dict[str, type] = {}
         self._uuids: dict[Any, UUID] = {}
+        self._by_stored_id: dict[Any, LedgerAggregate] = {}  # aggregates by id as the store gives it
         self._holder_fields: dict[str, tuple[str, ...]] = {}
         self._transcoder = app.mapper.transcoder
         self.key_owner: dict[str, str] = {}  # key id -> participant id
@@ -174,31 +175,47 @@ class Projection:
 
     def _apply(self, row: tuple[Any, ...], command_position: int) -> None:
         position, oid, version, topic, state = row
-        event = self._decode(topic, self._uuid(oid), version, state)
-        agg = self.aggregates.get(event.originator_id)
+        agg = self._by_stored_id.get(oid)
         if agg is None:
+            originator_id = self._uuid(oid)
+            agg = self.aggregates.get(originator_id)
+            if agg is not None:
+                self._by_stored_id[oid] = agg
+        if agg is None:
+            event = self._decode(topic, originator_id, version, state)
             agg = event.mutate(None)
+            self.aggregates[originator_id] = self._by_stored_id[oid] = agg
         else:  # the log is the store's own: no need for the library's id and version checks
+            event = self._decode(topic, agg._id, version, state)
             event.apply(agg)
             agg._version = version
             agg._modified_on = event.timestamp
-        self.aggregates[event.originator_id] = agg
         self.commitment.touch(agg)
         pos = (position, command_position)
         if isinstance(agg, Ticket):
+            ticket_no = agg.ticket_no
             if version == 1:
-                self.tickets[agg.ticket_no] = agg
-            self.ticket_history.setdefault(agg.ticket_no, []).append(pos)
+                self.tickets[ticket_no] = agg
+            hist = self.ticket_history.get(ticket_no)
+            if hist is None:
+                hist = self.ticket_history[ticket_no] = []
+            hist.append(pos)
             fields = self._holder_fields.get(topic)
             if fields is None:
                 names = getattr(type(event), "__dataclass_fields__", {})
                 fields = self._holder_fields[topic] = tuple(f for f in _HOLDER_FIELDS if f in names)
+            holder_tickets, holder_history = self.holder_tickets, self.holder_history
             for f in fields:
                 holder = getattr(event, f)
                 if holder:
-                    self.holder_tickets.setdefault(holder, set()).add(agg.ticket_no)
-                    hist = self.holder_history.setdefault(holder, [])
-                    if not hist or hist[-1] != pos:
+                    held = holder_tickets.get(holder)
+                    if held is None:
+                        held = holder_tickets[holder] = set()
+                    held.add(ticket_no)
+                    hist = holder_history.get(holder)
+                    if hist is None:
+                        holder_history[holder] = [pos]
+                    elif hist[-1] != pos:
                         hist.append(pos)
         else:
             if event.originator_version == 1:

@@ -38,6 +38,7 @@ from ledger.transcoder import MsgpackTranscoder
 
 MAX_ATTEMPTS = 20
 MAX_GROUP = 256  # commands committed together at most (their records share one transaction)
+MAX_GROUP_EVENTS = 5_000  # a group takes no further command once it holds this many records
 A = TypeVar("A", bound=LedgerAggregate)
 T = TypeVar("T")
 
@@ -180,7 +181,12 @@ class Registry(Application):
                 agg = overlay.get(aggregate_id)
                 return agg.fork() if agg is not None else _fork_from(state, aggregate_id)
 
-            for item in group:
+            events_so_far = 0
+            for n, item in enumerate(group):
+                if events_so_far >= MAX_GROUP_EVENTS:  # big batches: the rest go in the next group
+                    with self._queue_lock:
+                        self._queue[:0] = group[n:]
+                    break
                 try:
                     decision = self._decide(item.command, item.signed, state, load)
                 except Exception as e:  # noqa: BLE001 - each command gets its own refusal
@@ -196,6 +202,7 @@ class Registry(Application):
                     overlay[agg.id] = agg
                 item.outcome = decision.outcome
                 decided.append((item, decision.events))
+                events_so_far += len(decision.events)
         if not decided:
             return
         events = [e for _, evs in decided for e in evs]

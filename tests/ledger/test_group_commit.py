@@ -282,3 +282,18 @@ def test_an_sqlite_writer_waits_for_another_processs_write_then_gives_up(
         assert app.submit(*transfer("T-1", 1))["position"] > before  # its turn came
     finally:
         app.close()
+
+
+def test_a_group_stops_taking_commands_once_it_holds_many_records(
+        app: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ledger.application as application
+
+    monkeypatch.setattr(application, "MAX_GROUP_EVENTS", 6)  # two transfers' records
+    writes = Writes(app)
+    results = together(app, [transfer(f"T-{i}", 1) for i in range(5)])
+    assert [code for code, _ in results] == ["ok"] * 5
+    assert writes.calls == 3  # 2 + 2 + 1 commands
+    positions = [outcome["position"] for _, outcome in results]
+    assert positions == sorted(positions)  # still in arrival order
+    assert app._queue == []
+    assert audit_database(app.recorder).ok

@@ -31,7 +31,7 @@ from ledger.authentication import authenticate, split_signatures, verify_now
 from ledger.checkpoints import Checkpointer
 from ledger.handlers import Handlers, UnitOfWork
 from ledger.merkle import MerkleTree
-from ledger.projections import Progress, Projection
+from ledger.projections import PAGE, SKIPPED_PREFIXES, Progress, Projection
 from ledger.signing import Signature, SignedCommand, parse_canonical, sign_with_keyring
 from ledger.store import db_url, environment, leaf_hashes
 from ledger.transcoder import MsgpackTranscoder
@@ -378,21 +378,30 @@ class Registry(Application):
 
     def view(self, read: Callable[[Projection], T], as_of: int | None = None) -> T:
         """`read(projection)`, caught up with every write committed before this call (or as of a
-        position). The store is asked how far the log goes without holding the projection's
-        lock; the projection catches up under the lock only when it is behind, and `read` runs
-        under it, so a view never sees a command half applied."""
+        position). What is new is read from the store without holding the projection's lock
+        (one query, usually empty); it is applied and `read` runs under the lock, so a view
+        never sees a command half applied."""
         if as_of is not None:
             return read(self.projection(as_of))
-        head = self.recorder.max_notification_id() or 0
+        projection = self._projection
+        start = projection.position if projection is not None else -1
+        rows = (self.recorder.select_raw(start + 1, PAGE, without_state=SKIPPED_PREFIXES)
+                if start >= 0 else None)
         with self._projection_lock:
             projection = self._projection
-            if projection is None or projection.position < head:
+            if (rows is not None and len(rows) < PAGE and projection is not None
+                    and projection.position == start):
+                projection.take(rows)
+                # Caught up with the log as of now: decisions may go ahead without a query
+                # until this process learns otherwise (see _decision_state).
+                self._written_to = projection.position
+            else:
                 projection = self._live_projection()
             return read(projection)
 
     def _decision_state(self, check: bool = False) -> Projection:
         """The state to decide commands against. When this process wrote the log's last records
-        and its projection took them, no query is made: a decision is only as fresh as its
+        and its projection took them (or a view has just caught up), no query is made: a decision is only as fresh as its
         read set, which the store re-checks when it writes, so if another process has written
         since, a command that depended on it conflicts, and is decided again after catching up.
         Call with the projection lock held."""

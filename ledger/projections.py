@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 PAGE = 1000
 STATES = [s.value for s in UnitState]
-_SKIPPED_PREFIXES = tuple(
+SKIPPED_PREFIXES = _SKIPPED_PREFIXES = tuple(
     f"{cls.__module__}:{cls.__qualname__}." for cls in (CommandRecord, Trade)
 )
 _TRADE_PREFIX = f"{Trade.__module__}:{Trade.__qualname__}."

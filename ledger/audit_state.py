@@ -1,0 +1,288 @@
+"""The replayed state's two per-command costs in the audit, made proportional to what changed.
+
+* `TicketInvariants` asserts a ticket's invariants (its blocks partition 1..quantity, in order;
+  every state known; a ref exactly when the units are not available) after each command that
+  changed it, exactly as `Ticket.check_invariants` does, but checks only the blocks the command
+  could have touched: the blocks outside the serials its events name must be *equal* to the
+  blocks last verified (one list comparison, in C), so checking the rest block by block gives
+  the same verdict as checking them all. Whenever that cannot be shown, or something is wrong,
+  the ticket's own `check_invariants()` runs over every block and raises its own message.
+  Beside the blocks it keeps each block's JSON for the state commitment, re-encoding only the
+  blocks it checked.
+
+* `AuditCommitment` is `ledger.commitments.StateCommitment` for the audit: the same leaves and
+  root (kept as a tree whose paths are rehashed only where leaves changed or moved), but a
+  ticket's leaf is written from the blocks' JSON that `TicketInvariants` kept, when
+  the blocks it verified are (still) the ticket's blocks; otherwise every block is encoded. The
+  first ticket leaf of every refresh is also written the ordinary way (`commitments.entry` and
+  canonical JSON) and compared, so any difference in the encoding turns the shortcut off for the
+  rest of the audit.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from json.encoder import encode_basestring as _string
+from typing import Any
+from uuid import UUID
+
+from domain.base import LedgerAggregate
+from domain.ticket import AVAILABLE, CANCELLED, PLEDGED, RETIRED, Ticket
+from ledger import merkle
+from ledger.commitments import entry, key_of, leaf_bytes
+
+_STATES = frozenset((AVAILABLE, PLEDGED, RETIRED, CANCELLED))
+_FAR = 1 << 62
+
+
+class TicketInvariants:
+    """Each ticket's blocks as last verified, and their JSON for the state commitment."""
+
+    def __init__(self) -> None:
+        # ticket id -> (its blocks when last verified, its quantity, each block's JSON or None)
+        self._verified: dict[UUID, tuple[list[Any], Any, list[str] | None]] = {}
+
+    def check(self, ticket: Ticket, events: Sequence[Any]) -> None:
+        """Raise AssertionError (the ticket's own) if the ticket's invariants do not hold."""
+        blocks = ticket.blocks
+        seen = self._verified.get(ticket.id)
+        parts = None if seen is None else self._changed_part_holds(seen, blocks, ticket.quantity_t,
+                                                                   events)
+        if parts is None:
+            ticket.check_invariants()
+        self._verified[ticket.id] = (list(blocks), ticket.quantity_t, parts)
+
+    def verified(self, ticket: Ticket) -> tuple[list[Any], list[str] | None] | None:
+        """The ticket's blocks as last verified, with their JSON (None where not known yet)."""
+        seen = self._verified.get(ticket.id)
+        return None if seen is None else (seen[0], seen[2])
+
+    def set_parts(self, ticket: Ticket, parts: list[str]) -> None:
+        seen = self._verified[ticket.id]
+        self._verified[ticket.id] = (seen[0], seen[1], parts)
+
+    @staticmethod
+    def _changed_part_holds(seen: tuple[list[Any], Any, list[str] | None], blocks: list[Any],
+                            quantity: Any, events: Sequence[Any]) -> list[str] | None:
+        """The blocks' JSON if the blocks are shown to satisfy the invariants (a list with None
+        in it when there was no JSON to start from); None means: check them all."""
+        old, old_quantity, old_parts = seen
+        try:
+            if old_quantity != quantity or type(quantity) is not int or not events:
+                return None
+            lo, hi = _FAR, -_FAR
+            for ev in events:
+                for a, b in ev.__dict__["ranges"]:
+                    if type(a) is not int or type(b) is not int:
+                        return None
+                    if a < lo:
+                        lo = a
+                    if b > hi:
+                        hi = b
+            if lo > hi:
+                return None
+            # The block holding serial lo - 1 and every block before it, in both lists.
+            p = max(bisect_right(blocks, (lo - 1, _FAR)) - 1, 0)
+            if p > len(old) or blocks[:p] != old[:p]:
+                return None
+            # The blocks after the one holding serial hi + 1, in both lists.
+            q_new = max(bisect_right(blocks, (hi + 1, _FAR)) - 1, p)
+            q_old = max(bisect_right(old, (hi + 1, _FAR)) - 1, 0)
+            if blocks[q_new + 1:] != old[q_old + 1:]:
+                return None
+            middle = blocks[p:q_new + 1]
+            expected = blocks[p - 1][1] + 1 if p > 0 else 1
+            for first, last, _holder, state, ref in middle:
+                if (first != expected or last < first or state not in _STATES
+                        or (state == AVAILABLE) != (ref == "")):
+                    return None
+                expected = last + 1
+            if q_new + 1 < len(blocks):
+                if blocks[q_new + 1][0] != expected:
+                    return None
+            elif expected != quantity + 1:
+                return None
+            if old_parts is None:
+                return [None] * len(blocks)  # type: ignore[list-item]
+            # Blocks in between that are the very same objects as before keep their JSON (the
+            # old list holds them, so their ids cannot have been reused).
+            known = dict(zip(map(id, old[p:q_old + 1]), old_parts[p:q_old + 1], strict=True))
+            mid = list(map(known.get, map(id, middle)))
+            if None in mid:
+                for n, text in enumerate(mid):
+                    if text is None:
+                        mid[n] = _block_json(middle[n])
+            parts = old_parts[:p]
+            parts.extend(mid)
+            parts.extend(old_parts[q_old + 1:])
+            return parts
+        except Exception:
+            return None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _block_json(block: Any) -> str:
+    """A block as canonical JSON: json.dumps(list(block)) with the ledger's settings."""
+    f, last, h, s, r = block
+    if (type(f) is int and type(last) is int and type(h) is str and type(s) is str
+            and type(r) is str):
+        return f"[{f},{last},{_string(h)},{_string(s)},{_string(r)}]"
+    return _dumps([f, last, h, s, r])
+
+
+class AuditCommitment:
+    """Leaf hashes of every committed entity, kept up to date as aggregates change."""
+
+    def __init__(self, tickets: TicketInvariants | None = None) -> None:
+        self._aggregates: dict[str, LedgerAggregate] = {}
+        self._keys: list[str] = []  # sorted
+        self._leaves: list[bytes] = []  # their leaf hashes, in the same order
+        self._dirty: set[str] = set()
+        self._committed: dict[type, bool] = {}
+        # ticket key -> (its fields but the blocks, the JSON before and after the blocks)
+        self._tickets: dict[str, tuple[tuple[Any, ...], str, str]] = {}
+        self._fast = True
+        self.tickets = tickets
+        self._levels: list[list[bytes]] = [[]]  # the tree over the leaves, as at the last root
+        self._lowest_new: str | None = None  # the lowest key added since the last root
+
+    def touch(self, agg: LedgerAggregate) -> None:
+        """Note that an aggregate changed; its leaf is recomputed at the next root()."""
+        kind = type(agg)
+        committed = self._committed.get(kind)
+        if committed is None:
+            committed = self._committed[kind] = key_of(agg) is not None
+        if not committed:
+            return
+        key = key_of(agg)
+        if key is None:
+            return
+        if key not in self._aggregates:
+            at = bisect_left(self._keys, key)
+            self._keys.insert(at, key)
+            self._leaves.insert(at, b"")  # hashed at the next refresh: the key is dirty
+            if self._lowest_new is None or key < self._lowest_new:
+                self._lowest_new = key
+        self._aggregates[key] = agg
+        self._dirty.add(key)
+
+    def _refresh(self) -> list[int]:
+        """Hash the leaves of the aggregates touched since the last refresh; their positions."""
+        checked = False
+        keys, leaves = self._keys, self._leaves
+        changed = []
+        for key in self._dirty:
+            agg = self._aggregates[key]
+            if self._fast and type(agg) is Ticket:
+                data = self._ticket_leaf(key, agg)
+                if not checked:  # the shortcut writes what entry() and canonical JSON write
+                    checked = True
+                    found = entry(agg)
+                    assert found is not None
+                    if data != leaf_bytes(key, found[1]):
+                        self._fast = False
+                        data = leaf_bytes(key, found[1])
+            else:
+                found = entry(agg)
+                assert found is not None
+                data = leaf_bytes(key, found[1])
+            at = bisect_left(keys, key)
+            leaves[at] = merkle.leaf_hash(data)
+            changed.append(at)
+        self._dirty.clear()
+        return changed
+
+    def _ticket_leaf(self, key: str, t: Ticket) -> bytes:
+        """canonical_json({"key": key, "value": entry(t)[1]}), from the blocks' JSON that the
+        invariant checks kept up to date; blocks without it are encoded here."""
+        blocks = t.blocks
+        head = (t.quantity_t, t.issuer, t.project_id, t.standard, t.ticket_no)
+        cached = self._tickets.get(key)
+        if cached is None or cached[0] != head:
+            before = f'{{"key":{_dumps(key)},"value":{{"blocks":['
+            after = (f'],"issued_t":{_dumps(t.quantity_t)},"issuer":{_dumps(t.issuer)},'
+                     f'"project_id":{_dumps(t.project_id)},"standard":{_dumps(t.standard)},'
+                     f'"ticket_no":{_dumps(t.ticket_no)}}}}}')
+            self._tickets[key] = (head, before, after)
+        else:
+            _, before, after = cached
+        seen = self.tickets.verified(t) if self.tickets is not None else None
+        parts: list[Any] | None = None
+        if seen is not None and seen[1] is not None and seen[0] == blocks:
+            parts = seen[1]
+            if None in parts:
+                for n, text in enumerate(parts):
+                    if text is None:
+                        parts[n] = _block_json(blocks[n])
+        else:
+            parts = [_block_json(b) for b in blocks]
+            if seen is not None and seen[0] == blocks:
+                self.tickets.set_parts(t, parts)  # type: ignore[union-attr]
+        return (before + ",".join(parts) + after).encode()
+
+    def leaf_hashes(self) -> list[bytes]:
+        self.root()
+        return list(self._leaves)
+
+    def root(self) -> bytes:
+        """merkle.root(self.leaf_hashes()), rehashing only the paths of the leaves that changed
+        and, after the lowest key added since the last root, everything (the leaves moved)."""
+        start = len(self._levels[0]) if self._lowest_new is None else bisect_left(
+            self._keys, self._lowest_new)
+        self._lowest_new = None
+        changed = self._refresh()
+        _rehash(self._levels, self._leaves, changed, start)
+        return _fold(self._levels, len(self._leaves))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def _rehash(levels: list[list[bytes]], leaves: list[bytes], changed: list[int],
+            start: int) -> None:
+    """Bring the stored levels of complete subtrees (levels[h][j] hashes leaves j*2^h to
+    (j+1)*2^h - 1) up to date with `leaves`, given that only the leaves at `changed` and from
+    `start` on differ from the ones they were built from."""
+    node = merkle.node_hash
+    levels[0] = leaves
+    dirty = {i for i in changed if i < start}
+    h = 0
+    while len(levels[h]) > 1:
+        below = levels[h]
+        if h + 1 == len(levels):
+            levels.append([])
+        above = levels[h + 1]
+        pairs = len(below) // 2
+        up = min(start >> 1, pairs)
+        del above[up:]
+        parents = {i >> 1 for i in dirty}
+        for j in parents:
+            if j < up:
+                above[j] = node(below[2 * j], below[2 * j + 1])
+        for j in range(up, pairs):
+            above.append(node(below[2 * j], below[2 * j + 1]))
+        dirty = {j for j in parents if j < up}
+        start = up
+        h += 1
+    del levels[h + 1:]
+
+
+def _fold(levels: list[list[bytes]], size: int) -> bytes:
+    """The RFC 9162 root of the first `size` leaves from the complete subtrees, left to right."""
+    if size == 0:
+        return merkle.EMPTY_ROOT
+    parts = []
+    start = 0
+    for h in range(size.bit_length() - 1, -1, -1):
+        if size >> h & 1:
+            parts.append(levels[h][start >> h])
+            start += 1 << h
+    root = parts.pop()
+    while parts:
+        root = merkle.node_hash(parts.pop(), root)
+    return root

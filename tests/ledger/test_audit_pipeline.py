@@ -1,0 +1,335 @@
+"""The audit with its reader in a process of its own (ledger.audit_front): the same verdicts.
+
+Every tampering test of test_tamper.py runs again here with the reader process forced on (the
+audit uses it by default only for logs of more than 20,000 records), and must name the same
+position with the same words. Then: a clean registry gives the same report either way, on
+SQLite and on PostgreSQL; a tampered record deep inside a log of many reader chunks is caught;
+an audit stopped from its progress callback leaves no process behind; and the two shortcuts of
+the replay (the incremental ticket invariants and the state commitment's ticket leaves) agree
+with the domain's own code.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_tamper import *  # noqa: F403 - every tampering test, run again with the reader process
+from test_tamper import Demo, flip, url
+
+import ledger.audit as audit_module
+from domain import blocks as B
+from domain.ticket import AVAILABLE, PLEDGED, Ticket
+from ledger import demo
+from ledger.application import Registry
+from ledger.audit import Auditor, DatabaseSource, ExportSource, audit_database, export
+from ledger.audit_front import CHUNK_RECORDS, _without_time
+from ledger.audit_state import AuditCommitment, TicketInvariants
+from ledger.commitments import StateCommitment
+from ledger.keys import Keyring
+from ledger.transcoder import MsgpackTranscoder
+
+
+@pytest.fixture(autouse=True)
+def reader_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Auditor]]:
+    """Force the reader process for every audit in this module, and check it was used."""
+    monkeypatch.setattr(audit_module, "READER_MIN_RECORDS", 0)
+    runs: list[Auditor] = []
+    run = Auditor.run
+
+    def spied(self: Auditor, source: Any) -> Any:
+        runs.append(self)
+        return run(self, source)
+
+    monkeypatch.setattr(Auditor, "run", spied)
+    yield runs
+    for auditor in runs:
+        if auditor.reader is not False:
+            assert auditor.used_reader_process
+    assert not multiprocessing.active_children()
+
+
+def both_ways(recorder: Any, operator_key: str | None) -> tuple[Any, Any]:
+    inline = Auditor(operator_key, 1, reader=False).run(DatabaseSource(recorder))
+    forked = Auditor(operator_key, 2, reader=True).run(DatabaseSource(recorder))
+    return inline, forked
+
+
+def same_report(a: Any, b: Any) -> None:
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        d.pop("seconds")
+        d.pop("events_per_s")
+    assert da == db
+
+
+def test_a_clean_registry_reports_the_same_counts_either_way(demo_db: Demo) -> None:
+    app = Registry(url(demo_db.path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        inline, forked = both_ways(app.recorder, demo_db.operator_key)
+    finally:
+        app.close()
+    assert inline.ok and forked.ok, (inline.failure, forked.failure)
+    assert forked.records == demo_db.size
+    assert forked.checkpoints == len(demo_db.checkpoints)
+    same_report(inline, forked)
+
+
+def test_the_same_report_on_postgresql(pg_url: str) -> None:
+    app = Registry(pg_url, keyring=Keyring(), auto_checkpoint=False)
+    try:
+        demo.load(app)
+        app.operator_checkpointer().make()
+        key = app.projection().genesis.operator_key
+        inline, forked = both_ways(app.recorder, key)
+        assert inline.ok and forked.ok, (inline.failure, forked.failure)
+        same_report(inline, forked)
+        # the registry's own connections still work after the reader process came and went
+        assert app.log_position() == forked.records
+        after = app.submit("transfer", "shaxian-exchange", "after-the-audit",
+                           {"trade_id": "AFTER-1", "seller": "tonghai-nickel",
+                            "buyer": "jinsen-carbon", "ticket_no": "SM-0000001", "quantity_t": 1,
+                            "price": "10.00", "mode": "negotiated"})
+        assert after["position"] == forked.records + 3
+    finally:
+        app.close()
+
+
+def test_an_export_is_read_by_the_reader_process(demo_db: Demo, tmp_path: Path,
+                                                 reader_process: list[Auditor]) -> None:
+    app = Registry(url(demo_db.path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        export(app.recorder, tmp_path / "demo.export")
+    finally:
+        app.close()
+    report = audit_module.audit_export(tmp_path / "demo.export", demo_db.operator_key, workers=2)
+    assert report.ok and report.records == demo_db.size
+    assert reader_process[-1].used_reader_process
+
+
+@pytest.fixture(scope="module")
+def long_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """A registry of a few thousand records (several reader chunks), with checkpoints."""
+    path = tmp_path_factory.mktemp("long") / "registry.db"
+    app = Registry(url(path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        demo.load(app)
+        n = 0
+        while app.log_position() < 3 * CHUNK_RECORDS + 500:  # batches of 1 t trades
+            items = [{"trade_id": f"LONG-{n}-{i}", "seller": "tonghai-nickel",
+                      "buyer": "jinsen-carbon", "ticket_no": "SM-0000001", "quantity_t": 1,
+                      "price": "10.00", "mode": "negotiated"} for i in range(50)]
+            app.submit("settle_batch", "shaxian-exchange", f"long-batch-{n}",
+                       {"batch_id": f"LB-{n}", "transfers": items})
+            if n % 5 == 0:
+                app.operator_checkpointer().make()
+            n += 1
+        app.operator_checkpointer().make()
+        key = app.projection().genesis.operator_key
+        size = app.log_position()
+    finally:
+        app.close()
+    return path, key, size
+
+
+def copy_of(path: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy.db"
+    src, dst = sqlite3.connect(path), sqlite3.connect(copy)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return copy
+
+
+def test_a_long_clean_log_gives_the_same_report_either_way(long_log: tuple[Path, str, int]) -> None:
+    path, key, size = long_log
+    app = Registry(url(path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        inline, forked = both_ways(app.recorder, key)
+    finally:
+        app.close()
+    assert inline.ok and forked.ok, (inline.failure, forked.failure)
+    assert forked.records == size > 2 * CHUNK_RECORDS
+    same_report(inline, forked)
+
+
+@pytest.mark.parametrize("where", [0.4, 0.9])
+def test_a_record_altered_deep_in_a_long_log_is_found_in_the_reader_process(
+        long_log: tuple[Path, str, int], tmp_path: Path, where: float) -> None:
+    path, key, size = long_log
+    db = copy_of(path, tmp_path)
+    position = int(size * where)
+    con = sqlite3.connect(db)
+    (state,) = con.execute("SELECT state FROM stored_events WHERE rowid = ?",
+                           (position,)).fetchone()
+    con.execute("UPDATE stored_events SET state = ? WHERE rowid = ?",
+                (flip(bytes(state), len(state) - 1), position))
+    con.commit()
+    con.close()
+    app = Registry(url(db), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        inline, forked = both_ways(app.recorder, key)
+    finally:
+        app.close()
+    assert forked.failure is not None
+    assert forked.failure.position == position
+    assert "does not match the hash chain" in forked.failure.what
+    same_report(inline, forked)
+
+
+def test_an_audit_stopped_by_its_progress_callback_leaves_no_process(
+        long_log: tuple[Path, str, int]) -> None:
+    path, key, _ = long_log
+
+    class Enough(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        raise Enough()
+
+    app = Registry(url(path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        with pytest.raises(Enough):
+            audit_database(app.recorder, key, workers=2, progress=progress)
+    finally:
+        app.close()
+    assert not multiprocessing.active_children()
+
+
+def test_an_in_memory_database_is_read_in_this_process(reader_process: list[Auditor]) -> None:
+    app = Registry("sqlite:///:memory:", keyring=Keyring(), auto_checkpoint=False)
+    try:
+        demo.load(app)
+        assert DatabaseSource(app.recorder).forked() is None
+        auditor = Auditor(None, 1, reader=True)
+        report = auditor.run(DatabaseSource(app.recorder))
+    finally:
+        app.close()
+    assert report.ok and not auditor.used_reader_process
+    reader_process.remove(auditor)
+
+
+def test_an_export_source_can_be_read_from_a_child(tmp_path: Path, demo_db: Demo) -> None:
+    app = Registry(url(demo_db.path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        export(app.recorder, tmp_path / "x.export")
+    finally:
+        app.close()
+    source = ExportSource(tmp_path / "x.export")
+    assert source.forked() is source
+
+
+# The replay's shortcuts against the domain's own code ---------------------------------------
+
+class _Moved:
+    def __init__(self, ranges: list[list[int]]) -> None:
+        self.ranges = ranges
+
+
+def _ticket(blocks: list[Any], quantity: int) -> Ticket:
+    t = object.__new__(Ticket)
+    t.__dict__.update(ticket_no="SM-0000009", project_id="P-9", standard="SMCER",
+                      period_start="2020-01-01", period_end="2020-12-31", quantity_t=quantity,
+                      issuer="issuer-9", owner="o", blocks=blocks, _id=Ticket.id_for("SM-0000009"))
+    return t
+
+
+def _verdict(t: Ticket) -> str | None:
+    try:
+        t.check_invariants()
+    except AssertionError as e:
+        return str(e)
+    return None
+
+
+def test_incremental_ticket_invariants_agree_with_the_full_check() -> None:
+    rng = random.Random(11)
+    quantity = 500
+    holders = ["a", "b", "c"]
+    for _ in range(300):
+        t = _ticket([(1, quantity, "a", AVAILABLE, "")], quantity)
+        checker = TicketInvariants()
+        checker.check(t, [])
+        commitment = AuditCommitment(checker)
+        reference = StateCommitment()
+        for step in range(12):
+            a = rng.randint(1, quantity)
+            b = min(quantity, a + rng.randint(0, 60))
+            state = rng.choice([AVAILABLE, AVAILABLE, PLEDGED])
+            B.reassign_in_place(t.blocks, [(a, b)], rng.choice(holders), state,
+                                "" if state == AVAILABLE else "PL-1")
+            ranges = [[a, b]]
+            if rng.random() < 0.15:  # damage the blocks the way a broken rule would
+                i = rng.randrange(len(t.blocks))
+                f, last, h, s, r = t.blocks[i]
+                t.blocks[i] = rng.choice([(f, last + 1, h, s, r), (f + 1, last, h, s, r),
+                                          (f, last, h, "lost", r), (f, last, h, s, "x"),
+                                          (f, last, h, PLEDGED, "")])
+            if rng.random() < 0.1:  # or name serials the command did not touch
+                ranges = [[rng.randint(1, quantity)] * 2]
+            want = _verdict(t)
+            try:
+                checker.check(t, [_Moved(ranges)])
+                got = None
+            except AssertionError as e:
+                got = str(e)
+            assert got == want, (step, t.blocks)
+            if want is not None:
+                break
+            commitment.touch(t)
+            reference.touch(t)
+            if rng.random() < 0.5:
+                assert commitment.root() == reference.root()
+        assert commitment.root() == reference.root()
+
+
+def test_the_commitment_root_follows_many_tickets_added_and_changed() -> None:
+    rng = random.Random(5)
+    checker = TicketInvariants()
+    commitment = AuditCommitment(checker)
+    reference = StateCommitment()
+    tickets: list[Ticket] = []
+    for step in range(400):
+        if not tickets or rng.random() < 0.2:  # a new ticket, its key anywhere in the order
+            t = _ticket([(1, 100, "a", AVAILABLE, "")], 100)
+            t.__dict__["ticket_no"] = f"SM-{rng.randrange(10**7):07d}"
+            t.__dict__["_id"] = Ticket.id_for(t.ticket_no)
+            checker.check(t, [])
+            tickets.append(t)
+        else:
+            t = rng.choice(tickets)
+            a = rng.randint(1, 100)
+            b = min(100, a + rng.randint(0, 9))
+            B.reassign_in_place(t.blocks, [(a, b)], rng.choice("abc"), AVAILABLE, "")
+            checker.check(t, [_Moved([[a, b]])])
+        commitment.touch(t)
+        reference.touch(t)
+        if rng.random() < 0.3:
+            assert commitment.root() == reference.root(), step
+    assert commitment.root() == reference.root()
+
+
+@pytest.mark.parametrize("when", [
+    datetime(2021, 1, 1, tzinfo=UTC),  # 32-bit timestamp
+    datetime(2021, 1, 1, 0, 0, 0, 123456, tzinfo=UTC),  # 64-bit
+    datetime(2600, 1, 1, 0, 0, 0, 1, tzinfo=UTC),  # 96-bit
+])
+@pytest.mark.parametrize("keys", [1, 2, 15, 16, 17, 40])
+def test_a_state_without_its_time_is_what_encoding_it_without_the_time_gives(
+        when: datetime, keys: int) -> None:
+    codec = MsgpackTranscoder()
+    fields = {"timestamp": when, **{f"k{i}": [i, "x" * i] for i in range(keys - 1)}}
+    state = codec.encode(fields)
+    without = dict(fields)
+    del without["timestamp"]
+    assert _without_time(state, keys) == codec.encode(without)
+    assert _without_time(state, keys + 1) is None  # another number of pairs than decoded
+    assert _without_time(codec.encode({"a": 1, "timestamp": when}), 2) is None  # not first

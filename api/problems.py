@@ -38,6 +38,7 @@ STATUS: dict[str, int] = {
     "conflict": 409,
     "log_inconsistent": 409,
     "operation_failed": 500,
+    "store_unavailable": 503,
     "batch_too_large": 413,
     "payload_too_large": 413,
 }

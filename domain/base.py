@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:carbon-ledger:registry")
 
@@ -27,6 +29,39 @@ def _clone(value: Any) -> Any:
     if isinstance(value, set):
         return set(value)
     return value
+
+
+@lru_cache(maxsize=None)
+def _fields(event_class: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(event_class))
+
+
+@lru_cache(maxsize=None)
+def _topic(cls: type[Any]) -> str:
+    return get_topic(cls)
+
+
+def _new_event(event_class: type[Any], fixed: dict[str, Any], given: dict[str, Any]) -> Any:
+    """An event of `event_class` with the fields in its dataclass order, as its __init__ sets
+    them; TypeError for a missing or an unknown field, as __init__ would raise."""
+    state = {}
+    n = 0
+    for name in _fields(event_class):
+        if name in fixed:
+            state[name] = fixed[name]
+        elif name in given:
+            state[name] = given[name]
+            n += 1
+        elif name == "timestamp":
+            state[name] = event_class.create_timestamp()
+        else:
+            raise TypeError(f"{event_class.__qualname__} needs the field {name!r}")
+    if n != len(given):
+        unknown = sorted(set(given) - set(_fields(event_class)))
+        raise TypeError(f"{event_class.__qualname__} has no field {', '.join(unknown)}")
+    event = object.__new__(event_class)
+    object.__setattr__(event, "__dict__", state)
+    return event
 
 
 class LedgerAggregate(Aggregate):
@@ -51,13 +86,34 @@ class LedgerAggregate(Aggregate):
         twin.__dict__ = state
         return twin
 
-    def trigger_event(self, *args: Any, **kwargs: Any) -> None:
-        if self.__dict__.pop("_shared", False):  # a fork's first change: own its containers
+    def _own_containers(self) -> None:
+        """A fork's first change: clone the containers it shares with its original."""
+        if self.__dict__.pop("_shared", False):
             state = self.__dict__
             for key, value in state.items():
                 if key != "_pending_events":
                     state[key] = _clone(value)
-        super().trigger_event(*args, **kwargs)
+
+    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+        self._own_containers()
+        # What the library's trigger_event does, without its keyword juggling and dataclass
+        # __init__: the same event, its fields in the same order (so the same stored bytes).
+        event = _new_event(event_class, {"originator_id": self._id,
+                                         "originator_version": self._version + 1}, kwargs)
+        event.mutate(self)
+        self._pending_events.append(event)
+
+    @classmethod
+    def _create(cls, event_class: type[Any], *, id: Any = None, **kwargs: Any) -> Any:  # noqa: A002
+        """The library's _create for an aggregate with a given id, made the same way as
+        trigger_event above."""
+        if id is None:
+            return super()._create(event_class, **kwargs)
+        event = _new_event(event_class, {"originator_id": id, "originator_version": 1,
+                                         "originator_topic": _topic(cls)}, kwargs)
+        agg = event.mutate(None)
+        agg._pending_events.append(event)
+        return agg
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the aggregate's state breaks a rule that must always hold."""

@@ -51,6 +51,8 @@ CODES: dict[str, str] = {
     "log_inconsistent": "the log does not extend what was signed or witnessed before: do not retry, "
     "investigate",
     "operation_failed": "an operation on the store (backup, restore, migration) did not complete",
+    "store_unavailable": "the store could not be reached, or stayed busy too long; retry with the "
+    "same command id",
 }
 
 

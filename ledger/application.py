@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Transcoder
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, Transcoder
 
 from domain import commands as C
 from domain.base import LedgerAggregate
@@ -74,6 +74,13 @@ class _Pending:
         self.outcome, self.error, self.done = outcome, error, True
 
 
+def _unavailable(command: C.Command, error: BaseException) -> DomainError:
+    return DomainError(
+        "store_unavailable", f"the store did not complete command {command.command_id} ({error}); "
+        "it may or may not have been recorded: send it again with the same command id (a "
+        "recorded command answers with its first outcome)", command_id=command.command_id)
+
+
 class _Decision(NamedTuple):
     outcome: dict[str, Any]
     changed: list[LedgerAggregate]  # the aggregates the command changed (or created)
@@ -123,7 +130,10 @@ class Registry(Application):
         """
         command = C.parse(parse_canonical(signed.body))
         if not self.group_commit:
-            return self._execute(command, signed)
+            try:
+                return self._execute(command, signed)
+            except (OperationalError, InterfaceError) as e:
+                raise _unavailable(command, e) from e
         item = _Pending(command, signed)
         with self._queue_lock:
             self._queue.append(item)
@@ -135,6 +145,8 @@ class Registry(Application):
                     group, self._queue = self._take(self._queue)
                 if group:
                     self._run_group(group)
+        if isinstance(item.error, (OperationalError, InterfaceError)):
+            raise _unavailable(command, item.error) from item.error
         if item.error is not None:
             raise item.error
         assert item.outcome is not None

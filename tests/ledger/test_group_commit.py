@@ -274,8 +274,9 @@ def test_an_sqlite_writer_waits_for_another_processs_write_then_gives_up(
         with open(f"{sqlite_path(db_url)}.write.lock", "a+") as held:  # another writer's turn
             fcntl.flock(held.fileno(), fcntl.LOCK_EX)
             started = time.monotonic()
-            with pytest.raises(Exception, match="writing for more than"):
+            with pytest.raises(DomainError, match="writing for more than") as refused:
                 app.submit(*transfer("T-1", 1))
+            assert refused.value.code == "store_unavailable"
             assert 0.2 <= time.monotonic() - started < 5
             fcntl.flock(held.fileno(), fcntl.LOCK_UN)
         assert app.log_position() == before

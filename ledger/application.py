@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
@@ -307,17 +308,20 @@ class Registry(Application):
 
     def _execute(self, command: C.Command, signed: SignedCommand) -> dict[str, Any]:
         for attempt in range(MAX_ATTEMPTS):
-            # Decide against the in-process state (caught up with the log when this process
-            # was not the last to write); the store re-checks every version the decision used.
-            with self._projection_lock:
-                state = self._decision_state(check=attempt > 0)
-                decision = self._decide(command, signed, state, partial(_fork_from, state))
-            if isinstance(decision, dict):
-                return decision
-            try:
-                positions = self._record(decision.events, decision.read_set)
-            except IntegrityError:
-                continue  # someone else wrote first (or this id was just used): decide again
+            # After two lost races, decide and write while no other process may write (where
+            # the store can promise that), so that a busy writer elsewhere cannot starve this one.
+            with self.recorder.exclusive() if attempt >= 2 else nullcontext():
+                # Decide against the in-process state (caught up with the log when this process
+                # was not the last to write); the store re-checks every version the decision used.
+                with self._projection_lock:
+                    state = self._decision_state(check=attempt > 0)
+                    decision = self._decide(command, signed, state, partial(_fork_from, state))
+                if isinstance(decision, dict):
+                    return decision
+                try:
+                    positions = self._record(decision.events, decision.read_set)
+                except IntegrityError:
+                    continue  # someone else wrote first (or this id was just used): decide again
             if self.auto_checkpoint:
                 self.maybe_checkpoint(positions[-1])
             return {**decision.outcome, "position": positions[-1]}

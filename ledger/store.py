@@ -27,7 +27,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -161,6 +161,12 @@ class LedgerTables:
 
     def _lock(self, c: Any) -> None:
         """Take the store's write lock before reading the head of the chain."""
+
+    def exclusive(self) -> Any:
+        """A context in which no other process writes (where the store can give one cheaply):
+        a command that keeps losing races is decided and written inside it, so it cannot
+        starve. A no-op where the store has no such lock outside a transaction."""
+        return nullcontext()
 
     def _lock_and_read_head(self, c: Any) -> Any:
         """Take the write lock; the head's row (size, chain), or None before the first write."""
@@ -384,8 +390,9 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._writer_thread_lock = threading.Lock()
+        self._writer_thread_lock = threading.RLock()
         self._writer_file: Any = None
+        self._writer_depth = 0  # the lock file is held while > 0 (reentrant, in one thread)
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         with self._writer():
@@ -402,6 +409,13 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
             yield
             return
         with self._writer_thread_lock:
+            if self._writer_depth:  # already this thread's turn (see exclusive())
+                self._writer_depth += 1
+                try:
+                    yield
+                finally:
+                    self._writer_depth -= 1
+                return
             if self._writer_file is None:
                 self._writer_file = open(f"{self.datastore.pool.db_name}.write.lock", "a+")  # noqa: SIM115
             fd = self._writer_file.fileno()
@@ -417,10 +431,15 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
                                                f"{self.WRITER_WAIT_S:.0f} s") from None
                     time.sleep(pause)
                     pause = min(pause * 2, 0.0005)
+            self._writer_depth = 1
             try:
                 yield
             finally:
+                self._writer_depth = 0
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def exclusive(self) -> Any:
+        return self._writer()
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:

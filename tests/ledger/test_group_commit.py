@@ -298,3 +298,21 @@ def test_a_group_stops_taking_commands_once_it_holds_many_records(
     assert positions == sorted(positions)  # still in arrival order
     assert app._queue == []
     assert audit_database(app.recorder).ok
+
+
+def test_a_command_decided_inside_the_exclusive_turn_writes_without_waiting_for_itself(
+        db_url: str, tmp_path: Path) -> None:
+    """After two lost races a command is decided and written while this process holds the
+    writers' lock file; the write inside must not wait for the lock its own thread holds."""
+    app = Registry(db_url, keyring=Keyring(tmp_path / "keys"))
+    try:
+        _setup(app)
+        app.recorder.WRITER_WAIT_S = 2
+        with app.recorder.exclusive():
+            started = time.monotonic()
+            assert app.submit(*transfer("T-1", 1))["position"] == app.log_position()
+            assert time.monotonic() - started < 1.5
+        assert app.recorder._writer_depth == 0
+        assert app.submit(*transfer("T-2", 1))["position"] == app.log_position()
+    finally:
+        app.close()

@@ -463,6 +463,7 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         self.sql_create_statements.extend(SQL(s) for s in self.ledger_statements("bytea"))  # type: ignore[arg-type]
         # POSTGRES_ENABLE_DB_FUNCTIONS stays off: do not create the insert function at all.
         del self.sql_create_statements[self.create_insert_function_statement_index]
+        self._held = threading.local()  # a connection holding the write lock (exclusive())
 
     def _t(self, name: str) -> str:
         return f'"{self.datastore.schema}"."{name}"'
@@ -509,6 +510,17 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         if not stored_events:
             return []
         read_set = kwargs.get("read_set") or ()
+        held = getattr(self._held, "conn", None)
+        if held is not None:  # this thread's exclusive turn: the lock is taken, commit here
+            self._held.conn = None
+            try:
+                ids = self._append_fused(held, stored_events, read_set, kwargs.get("leaves"),
+                                         begun=True)
+            except BaseException:
+                held.execute("ROLLBACK")
+                raise
+            held.execute("COMMIT")
+            return ids
         with self.datastore.get_connection() as conn:
             try:
                 ids = self._append_fused(conn, stored_events, read_set, kwargs.get("leaves"))
@@ -519,15 +531,19 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
             return ids
 
     def _append_fused(self, conn: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
-                      leaves: Sequence[bytes] | None) -> list[int]:
+                      leaves: Sequence[bytes] | None, begun: bool = False) -> list[int]:
         if not conn.autocommit or len(stored_events) > self.FUSED_ROWS:
-            conn.execute("BEGIN")
+            if not begun:
+                conn.execute("BEGIN")
             return self._append(conn.cursor(row_factory=dict_row), stored_events, read_set,
                                 leaves)
         c = conn.cursor(row_factory=dict_row)
-        c.execute(self._begin_sql(conn))
-        while c.nextset():
-            pass
+        if begun:  # the lock is held already
+            c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
+        else:
+            c.execute(self._begin_sql(conn))
+            while c.nextset():
+                pass
         row = c.fetchone()
         if row is None:
             size, chain = 0, GENESIS_CHAIN
@@ -554,6 +570,31 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         return ids
 
     _begin: str | None = None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the events table's write lock in an open transaction: no other process writes
+        until this thread's next insert_events, which writes in that transaction and commits
+        (or until the context ends, which rolls back when nothing was written)."""
+        if getattr(self._held, "conn", None) is not None:
+            yield
+            return
+        with self.datastore.get_connection() as conn:
+            if not conn.autocommit:
+                yield  # not a connection this can manage: plain optimistic writes
+                return
+            c = conn.cursor(row_factory=dict_row)
+            c.execute(self._begin_sql(conn))
+            while c.nextset():
+                pass
+            c.fetchall()
+            self._held.conn = conn
+            try:
+                yield
+            finally:
+                if self._held.conn is conn:  # nothing was written: let the lock go
+                    self._held.conn = None
+                    conn.execute("ROLLBACK")
 
     def _begin_sql(self, conn: Any) -> str:
         if self._begin is None:

@@ -300,19 +300,53 @@ def test_a_group_stops_taking_commands_once_it_holds_many_records(
     assert audit_database(app.recorder).ok
 
 
-def test_a_command_decided_inside_the_exclusive_turn_writes_without_waiting_for_itself(
-        db_url: str, tmp_path: Path) -> None:
-    """After two lost races a command is decided and written while this process holds the
-    writers' lock file; the write inside must not wait for the lock its own thread holds."""
-    app = Registry(db_url, keyring=Keyring(tmp_path / "keys"))
+def test_in_an_exclusive_turn_other_processes_wait_and_the_turn_writes(
+        store_url: str, tmp_path: Path) -> None:
+    """After two lost races a command is decided and written in an exclusive turn (the writers'
+    lock file on SQLite, the table lock in an open transaction on PostgreSQL). Another
+    registry's write waits for the turn; the write inside does not wait for itself."""
+    app = Registry(store_url, keyring=Keyring(tmp_path / "keys"))
+    other = Registry(store_url, keyring=app.keyring)
     try:
         _setup(app)
-        app.recorder.WRITER_WAIT_S = 2
+        done: list[int] = []
+        worker = threading.Thread(
+            target=lambda: done.append(other.submit(*transfer("T-other", 1))["position"]))
         with app.recorder.exclusive():
-            started = time.monotonic()
-            assert app.submit(*transfer("T-1", 1))["position"] == app.log_position()
-            assert time.monotonic() - started < 1.5
-        assert app.recorder._writer_depth == 0
-        assert app.submit(*transfer("T-2", 1))["position"] == app.log_position()
+            worker.start()
+            time.sleep(0.3)
+            assert not done  # the other registry's write waits for this turn
+            mine = app.submit(*transfer("T-mine", 1))["position"]
+        worker.join(timeout=20)
+        assert done and done[0] > mine
+        with app.recorder.exclusive():  # a turn with nothing written lets the lock go
+            pass
+        assert app.submit(*transfer("T-after", 1))["position"] == app.log_position()
+        assert audit_database(app.recorder).ok
     finally:
+        other.close()
         app.close()
+
+
+def test_after_two_lost_races_a_command_takes_an_exclusive_turn(app: Registry) -> None:
+    lost = {"n": 0}
+    turns = {"n": 0}
+    insert, exclusive = app.recorder.insert_events, app.recorder.exclusive
+
+    def losing(stored: Any, **kwargs: Any) -> Any:
+        if lost["n"] < 2:
+            lost["n"] += 1
+            raise IntegrityError("another writer came first (simulated)")
+        return insert(stored, **kwargs)
+
+    def counted() -> Any:
+        turns["n"] += 1
+        return exclusive()
+
+    app.recorder.insert_events = losing  # type: ignore[method-assign]
+    app.recorder.exclusive = counted  # type: ignore[method-assign]
+    outcome = app.submit(*transfer("T-1", 1))
+    assert lost["n"] == 2 and turns["n"] == 1
+    assert outcome["position"] == app.log_position()
+    del app.recorder.insert_events, app.recorder.exclusive
+    assert audit_database(app.recorder).ok

@@ -229,6 +229,17 @@ class RegistryApp(FastAPI):
 
     metrics: Metrics
     fast_writes: dict[tuple[str, str], tuple[str, Callable[[Scope, Receive, Send], Awaitable[int]]]]
+    # GET /v1/tickets/{ticket_no} without a query (the public registry's most read page): the
+    # handler given the ticket number
+    fast_ticket: Callable[[str], Callable[[Scope, Receive, Send], Awaitable[int]]] | None = None
+
+    def _fast_read(self, path: str) -> tuple[str, Callable[[Scope, Receive, Send], Awaitable[int]]] | None:
+        if self.fast_ticket is None or not path.startswith("/v1/tickets/"):
+            return None
+        ticket_no = path[len("/v1/tickets/"):]
+        if not ticket_no or "/" in ticket_no:
+            return None
+        return "/v1/tickets/{ticket_no}", self.fast_ticket(ticket_no)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -238,6 +249,8 @@ class RegistryApp(FastAPI):
         method = scope["method"]
         fast = (None if self.root_path or scope.get("root_path")
                 else self.fast_writes.get((method, scope["path"])))
+        if fast is None and method == "GET" and not scope.get("query_string"):
+            fast = self._fast_read(scope["path"])
         if fast is not None:
             name, handle = fast
             status = await handle(scope, receive, send)
@@ -586,6 +599,35 @@ def create_app(registry: Registry | None = None) -> FastAPI:
              responses=read_responses)
     def get_ticket(ticket_no: str, as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
         return reg().view(lambda p: p.ticket(ticket_no), as_of=as_of)
+
+    def ticket_parts(ticket_no: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        try:
+            view = reg().view(lambda p: p.ticket(ticket_no))
+        except DomainError as e:
+            return _problem_parts(from_domain(e))
+        content = _json_body(view)
+        return 200, [(b"content-length", str(len(content)).encode("latin-1")),
+                     (b"content-type", b"application/json")], content
+
+    def fast_ticket(ticket_no: str) -> Callable[[Scope, Receive, Send], Awaitable[int]]:
+        async def handle(scope: Scope, receive: Receive, send: Send) -> int:
+            """get_ticket without FastAPI's layers: the same status, headers and body."""
+            started = False
+            try:
+                status, raw, content = await writers.run(ticket_parts, ticket_no)
+                started = True
+                await send({"type": "http.response.start", "status": status, "headers": raw})
+                await send({"type": "http.response.body", "body": content})
+                return status
+            except Exception:
+                if not started:
+                    await PlainTextResponse("Internal Server Error", status_code=500)(
+                        scope, receive, send)
+                raise
+
+        return handle
+
+    app.fast_ticket = fast_ticket
 
     @app.get("/v1/tickets/{ticket_no}/history", summary="Every event of a ticket (public)",
              responses=read_responses)

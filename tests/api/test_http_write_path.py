@@ -283,3 +283,31 @@ def test_the_one_signature_shortcut_parses_as_the_general_parser_does() -> None:
             assert [tuple(vars(w).values()) for w in one] == general(*values)
             agreed += 1
     assert agreed > 500  # the shortcut does take the usual case
+
+
+# The public ticket page, answered before FastAPI too ------------------------------------------
+
+@pytest.mark.parametrize("ticket_no", ["SM-0000001", "SM-0000002", "NO-SUCH-TICKET", "SM 0000001"])
+def test_the_ticket_page_is_the_same_without_fastapis_layers(client: TestClient,
+                                                           ticket_no: str) -> None:
+    app = client.app
+    fast = client.get(f"/v1/tickets/{ticket_no}")
+    handler, app.fast_ticket = app.fast_ticket, None  # type: ignore[attr-defined]
+    try:
+        general = client.get(f"/v1/tickets/{ticket_no}")
+    finally:
+        app.fast_ticket = handler  # type: ignore[attr-defined]
+    assert fast.status_code == general.status_code
+    assert fast.content == general.content
+    assert fast.headers["content-type"] == general.headers["content-type"]
+    assert fast.headers["content-length"] == general.headers["content-length"]
+    if ticket_no == "NO-SUCH-TICKET":
+        assert fast.status_code == 404 and fast.json()["code"] == "unknown_ticket"
+
+
+def test_a_ticket_page_with_a_query_or_a_sub_path_goes_through_fastapi(client: TestClient) -> None:
+    assert client.get("/v1/tickets/SM-0000001?as_of=0").status_code == 404  # not issued yet
+    assert client.get("/v1/tickets/SM-0000001?as_of=-1").status_code == 400  # invalid_argument
+    assert client.get("/v1/tickets/SM-0000001/history").status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'route="/v1/tickets/{ticket_no}"' in metrics

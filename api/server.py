@@ -495,34 +495,23 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
         async def fast(scope: Scope, receive: Receive, send: Send) -> int:
             """The same write, straight from ASGI (its path has no parameters)."""
-            started = False
-            try:
+            async def answer() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
                 headers = _headers_of(scope)
                 refused = too_large(headers.get("content-length"))
-                if refused is None:
-                    chunks = []
-                    while True:
-                        message = await receive()
-                        if message["type"] == "http.disconnect":
-                            raise ClientDisconnect()  # as Request.body() does
-                        chunks.append(message.get("body", b""))
-                        if not message.get("more_body", False):
-                            break
-                    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                    status, raw, content = await decide(route, scope["method"], scope["path"],
-                                                        {}, headers, body)
-                else:
-                    status, raw, content = _problem_parts(refused)
-                started = True
-                await send({"type": "http.response.start", "status": status, "headers": raw})
-                await send({"type": "http.response.body", "body": content})
-                return status
-            except Exception:
-                # What Starlette's ServerErrorMiddleware does for the other routes.
-                if not started:
-                    await PlainTextResponse("Internal Server Error", status_code=500)(
-                        scope, receive, send)
-                raise
+                if refused is not None:
+                    return _problem_parts(refused)
+                chunks = []
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnect()  # as Request.body() does
+                    chunks.append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return await decide(route, scope["method"], scope["path"], {}, headers, body)
+
+            return await _send_parts(scope, receive, send, answer())
 
         if not route.path_params:
             app.fast_writes[(route.method, route.path)] = (route.path, fast)
@@ -612,18 +601,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     def fast_ticket(ticket_no: str) -> Callable[[Scope, Receive, Send], Awaitable[int]]:
         async def handle(scope: Scope, receive: Receive, send: Send) -> int:
             """get_ticket without FastAPI's layers: the same status, headers and body."""
-            started = False
-            try:
-                status, raw, content = await writers.run(ticket_parts, ticket_no)
-                started = True
-                await send({"type": "http.response.start", "status": status, "headers": raw})
-                await send({"type": "http.response.body", "body": content})
-                return status
-            except Exception:
-                if not started:
-                    await PlainTextResponse("Internal Server Error", status_code=500)(
-                        scope, receive, send)
-                raise
+            return await _send_parts(scope, receive, send, writers.run(ticket_parts, ticket_no))
 
         return handle
 
@@ -825,6 +803,23 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         return {"size": size, "witness": witness.participant_id, "stored": True}
 
     return app
+
+
+async def _send_parts(scope: Scope, receive: Receive, send: Send,
+                      parts: Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]) -> int:
+    """Send (status, raw headers, body) once made; a plain 500 if making them fails, as
+    Starlette's ServerErrorMiddleware answers for the routes behind it."""
+    started = False
+    try:
+        status, raw, content = await parts
+        started = True
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
+        return status
+    except Exception:
+        if not started:
+            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+        raise
 
 
 def _problem_parts(response: Response) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

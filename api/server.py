@@ -373,12 +373,15 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             raise DomainError("bad_signature", "a read is signed once, over @method, @path and @query "
                               f"with tag {H.READ_TAG}")
         sig = wire[0]
-        projection = reg().projection()
-        owner = projection.key_owner.get(sig.keyid)
-        if owner is None:
-            raise DomainError("unknown_key", f"key {sig.keyid} is not registered")
-        participant = projection.participants[owner]
-        public = participant.active_key(sig.keyid)
+
+        def signer(projection: Any) -> tuple[str, str, str]:
+            owner = projection.key_owner.get(sig.keyid)
+            if owner is None:
+                raise DomainError("unknown_key", f"key {sig.keyid} is not registered")
+            participant = projection.participants[owner]
+            return owner, participant.role, participant.active_key(sig.keyid)
+
+        owner, role, public = reg().view(signer)
         base = H.base_for(sig, method=request.method, path=request.url.path,
                           query=request.url.query, digest_header=None)
         params = parse_base(base).params
@@ -391,7 +394,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         if not verify(public, sig.signature, base.encode()):
             raise DomainError("bad_signature", f"the read's signature by {owner} does not verify")
         nonces.check(sig.keyid, str(params.get("nonce", "")), now)
-        return Caller(owner, participant.role)
+        return Caller(owner, role)
 
     def require(caller: Caller, allowed: bool, what: str) -> None:
         if allowed:

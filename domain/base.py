@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -31,12 +31,12 @@ def _clone(value: Any) -> Any:
     return value
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fields(event_class: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(event_class))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _topic(cls: type[Any]) -> str:
     return get_topic(cls)
 

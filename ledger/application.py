@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
@@ -130,11 +130,16 @@ class Registry(Application):
         (group commit): each keeps its own outcome, refusal and log position.
         """
         command = C.parse(parse_canonical(signed.body))
-        if not self.group_commit:
-            try:
+        try:
+            if not self.group_commit:
                 return self._execute(command, signed)
-            except (OperationalError, InterfaceError) as e:
-                raise _unavailable(command, e) from e
+            return self._in_group(command, signed)
+        except (OperationalError, InterfaceError) as e:
+            raise _unavailable(command, e) from e
+
+    def _in_group(self, command: C.Command, signed: SignedCommand) -> dict[str, Any]:
+        """Queue the command; whichever waiting thread gets the commit lock first runs
+        everything queued as one group (see _execute_group)."""
         item = _Pending(command, signed)
         with self._queue_lock:
             self._queue.append(item)
@@ -146,8 +151,6 @@ class Registry(Application):
                     group, self._queue = self._take(self._queue)
                 if group:
                     self._run_group(group)
-        if isinstance(item.error, (OperationalError, InterfaceError)):
-            raise _unavailable(command, item.error) from item.error
         if item.error is not None:
             raise item.error
         assert item.outcome is not None
@@ -184,7 +187,7 @@ class Registry(Application):
         if len(group) == 1:
             self._finish_alone(group[0])
             return
-        decided: list[tuple[_Pending, list[Any]]] = []
+        decided: list[tuple[_Pending, _Decision]] = []
         read_set: dict[UUID, int] = {}
         with self._projection_lock:
             state = self._decision_state()
@@ -213,17 +216,15 @@ class Registry(Application):
                         read_set.setdefault(aggregate_id, version)
                 for agg in decision.changed:
                     overlay[agg.id] = agg
-                item.outcome = decision.outcome
-                decided.append((item, decision.events))
+                decided.append((item, decision))
                 events_so_far += len(decision.events)
         if not decided:
             return
-        events = [e for _, evs in decided for e in evs]
+        events = [e for _, decision in decided for e in decision.events]
         try:
             positions = self._record(events, list(read_set.items()))
         except IntegrityError:
             for item, _ in decided:  # decide again, one by one, against what is now recorded
-                item.outcome = None
                 self._finish_alone(item)
             return
         except Exception as e:  # noqa: BLE001 - nothing was written: every command is refused
@@ -231,10 +232,9 @@ class Registry(Application):
                 item.finish(error=e)
             return
         end = 0
-        for item, evs in decided:
-            end += len(evs)
-            assert item.outcome is not None
-            item.finish(outcome={**item.outcome, "position": positions[end - 1]})
+        for item, decision in decided:
+            end += len(decision.events)
+            item.finish(outcome={**decision.outcome, "position": positions[end - 1]})
         if self.auto_checkpoint:
             self.maybe_checkpoint(positions[-1])
 

@@ -36,41 +36,47 @@ def _ranges(ranges: Any) -> list[list[int]]:
 
 def entry(agg: LedgerAggregate) -> tuple[str, dict[str, Any]] | None:
     """The (key, value) an aggregate contributes to the state commitment, or None."""
+    key = key_of(agg)
+    return None if key is None else (key, _value(agg))
+
+
+def _value(agg: LedgerAggregate) -> dict[str, Any]:
+    """What the commitment holds of an aggregate that has a key (see key_of)."""
     if isinstance(agg, Ticket):
-        return f"ticket/{agg.ticket_no}", {
+        return {
             "ticket_no": agg.ticket_no, "standard": agg.standard, "project_id": agg.project_id,
             "issuer": agg.issuer, "issued_t": agg.quantity_t,
             "blocks": [[f, last, h, s, r] for f, last, h, s, r in agg.blocks]}
     if isinstance(agg, Pledge):
-        return f"pledge/{agg.pledge_id}", {
+        return {
             "pledge_id": agg.pledge_id, "pledgor": agg.pledgor, "pledgee": agg.pledgee,
             "status": agg.status, "original_t": agg.original_t, "pledged_t": agg.pledged_t,
             "impaired_t": agg.impaired_t, "released_t": agg.released_t, "enforced_t": agg.enforced_t,
             "enforced_to": agg.enforced_to, "loan_ref": agg.loan_ref, "maturity": agg.maturity,
             "held": {t: _ranges(rs) for t, rs in sorted(agg.held.items())}}
     if isinstance(agg, Policy):
-        return f"policy/{agg.policy_id}", {
+        return {
             "policy_id": agg.policy_id, "insurer": agg.insurer, "insured": agg.insured,
             "loss_payee": agg.loss_payee, "covered_t": agg.covered_t, "lost_t": agg.lost_t,
             "start": agg.start, "end": agg.end, "perils": list(agg.perils),
             "lines": [[t, _ranges(rs)] for t, rs in agg.lines]}
     if isinstance(agg, Retirement):
-        return f"retirement/{agg.retirement_id}", {
+        return {
             "retirement_id": agg.retirement_id, "holder": agg.holder, "purpose": agg.purpose,
             "beneficiary": agg.beneficiary, "details": agg.details, "quantity_t": agg.quantity_t,
             "case_no": agg.case_no, "court": agg.court, "scheme": agg.scheme, "period": agg.period,
             "lines": [[t, s, _ranges(rs)] for t, s, rs in agg.lines]}
     if isinstance(agg, Participant):
-        return f"participant/{agg.participant_id}", {
+        return {
             "participant_id": agg.participant_id, "name": agg.name, "role": agg.role,
             "frozen_by": sorted(agg.freezes), "mandates": sorted(agg.mandates),
             "keys": {k: dict(v) for k, v in sorted(agg.keys.items())}}
     if isinstance(agg, ComplianceAccount):
-        return f"compliance/{agg.entity}/{agg.scheme}/{agg.period}", {
+        return {
             "entity": agg.entity, "scheme": agg.scheme, "period": agg.period,
             "verified_emissions_t": agg.verified_emissions_t,
             "used_t": dict(sorted(agg.used_t.items()))}
-    return None
+    raise TypeError(f"{type(agg).__name__} is not committed to")
 
 
 def key_of(agg: LedgerAggregate) -> str | None:

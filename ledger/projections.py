@@ -76,7 +76,6 @@ class Projection:
         self.genesis: Genesis | None = None
         self.commitment = StateCommitment()
         self._classes: dict[str, type] = {}
-        self._uuids: dict[Any, UUID] = {}
         self._by_stored_id: dict[Any, LedgerAggregate] = {}  # aggregates by id as the store gives it
         self._holder_fields: dict[str, tuple[str, ...]] = {}
         self._transcoder = app.mapper.transcoder
@@ -130,13 +129,8 @@ class Projection:
                                         without_state=_SKIPPED_PREFIXES)
             if not batch:
                 break
-            for row in batch:
-                pending.append(row)
-                if row[3].startswith(_RECORD_PREFIX):
-                    self._apply_command(pending, row[0])
-                    applied += len(pending)
-                    self.position = row[0]
-                    pending = []
+            done, pending = self._apply_commands(pending + batch if pending else batch)
+            applied += done
             read_to = batch[-1][0]
             if len(batch) < PAGE and end == 1 << 62:
                 break
@@ -149,16 +143,22 @@ class Projection:
     def take(self, rows: list[tuple[Any, ...]]) -> None:
         """Apply records this process has just written right after `position` (whole commands,
         as (position, originator id, version, topic, state) rows): no need to read them back."""
-        pending: list[tuple[Any, ...]] = []
-        for row in rows:
-            pending.append(row)
-            if row[3].startswith(_RECORD_PREFIX):
-                self._apply_command(pending, row[0])
-                self.events_applied += len(pending)
-                self.position = self.as_of = row[0]
-                pending = []
+        done, pending = self._apply_commands(rows)
+        self.events_applied += done
+        self.as_of = self.position
         if pending:
             raise AssertionError(f"records after position {self.position} end inside a command")
+
+    def _apply_commands(self, rows: list[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
+        """Apply every whole command in `rows` (a command ends with its record) and move
+        `position` to the last; (records applied, the records of a command not ended yet)."""
+        start = 0
+        for i, row in enumerate(rows):
+            if row[3].startswith(_RECORD_PREFIX):
+                self._apply_command(rows[start:i + 1], row[0])
+                self.position = row[0]
+                start = i + 1
+        return start, rows[start:]
 
     def _apply_command(self, rows: list[tuple[Any, ...]], command_position: int) -> None:
         """Apply the records of one command (its position is that of its last record)."""
@@ -177,7 +177,7 @@ class Projection:
         position, oid, version, topic, state = row
         agg = self._by_stored_id.get(oid)
         if agg is None:
-            originator_id = self._uuid(oid)
+            originator_id = oid if isinstance(oid, UUID) else UUID(oid)
             agg = self.aggregates.get(originator_id)
             if agg is not None:
                 self._by_stored_id[oid] = agg
@@ -228,13 +228,6 @@ class Projection:
                                                                   "valid_until_position": None})
                     if entry["status"] != "active" and span["valid_until_position"] is None:
                         span["valid_until_position"] = command_position
-
-    def _uuid(self, stored: Any) -> UUID:
-        """Aggregate ids as UUIDs, made once per aggregate (the store may give hex strings)."""
-        found = self._uuids.get(stored)
-        if found is None:
-            found = self._uuids[stored] = stored if isinstance(stored, UUID) else UUID(stored)
-        return found
 
     def _decode(self, topic: str, originator_id: UUID, version: int, state: bytes) -> Any:
         """The stored event as a domain event: the mapper's work, minus its per-event overheads."""

@@ -187,11 +187,7 @@ class LedgerTables:
         a group of commands may read what a later command of the same group changes)."""
         P, head = self.P, self._t("ledger_head")
         row = self._lock_and_read_head(c)
-        if row is None:
-            size, chain = 0, GENESIS_CHAIN
-            c.execute(f"INSERT INTO {head} (id, size, chain) VALUES (1, 0, {P})", (GENESIS_CHAIN,))
-        else:
-            size, chain = row["size"], bytes(row["chain"])
+        size, chain = self._head_from(c, row)
         if read_set:  # one query for every aggregate the command only read
             marks = ", ".join([P] * len(read_set))
             c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
@@ -204,6 +200,14 @@ class LedgerTables:
             f"topic, state, {self.POS}, chain) VALUES ({P}, {P}, {P}, {P}, {P}, {P})", rows)
         c.execute(f"UPDATE {head} SET size = {P}, chain = {P} WHERE id = 1", (size, chain))
         return ids
+
+    def _head_from(self, c: Any, row: Any) -> tuple[int, bytes]:
+        """(size, chain) of the head row read under the lock; the empty log's, created, if none."""
+        if row is not None:
+            return row["size"], bytes(row["chain"])
+        c.execute(f"INSERT INTO {self._t('ledger_head')} (id, size, chain) VALUES (1, 0, {self.P})",
+                  (GENESIS_CHAIN,))
+        return 0, GENESIS_CHAIN
 
     def _chained_rows(self, stored_events: Sequence[StoredEvent], size: int, chain: bytes,
                       leaves: Sequence[bytes] | None = None,
@@ -510,20 +514,12 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         if not stored_events:
             return []
         read_set = kwargs.get("read_set") or ()
-        held = getattr(self._held, "conn", None)
-        if held is not None:  # this thread's exclusive turn: the lock is taken, commit here
-            self._held.conn = None
+        held = getattr(self._held, "conn", None)  # this thread's exclusive turn: lock taken
+        self._held.conn = None
+        with nullcontext(held) if held is not None else self.datastore.get_connection() as conn:
             try:
-                ids = self._append_fused(held, stored_events, read_set, kwargs.get("leaves"),
-                                         begun=True)
-            except BaseException:
-                held.execute("ROLLBACK")
-                raise
-            held.execute("COMMIT")
-            return ids
-        with self.datastore.get_connection() as conn:
-            try:
-                ids = self._append_fused(conn, stored_events, read_set, kwargs.get("leaves"))
+                ids = self._append_fused(conn, stored_events, read_set, kwargs.get("leaves"),
+                                         begun=held is not None)
             except BaseException:
                 conn.rollback() if not conn.autocommit else conn.execute("ROLLBACK")
                 raise
@@ -545,12 +541,7 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
             while c.nextset():
                 pass
         row = c.fetchone()
-        if row is None:
-            size, chain = 0, GENESIS_CHAIN
-            c.execute(f"INSERT INTO {self._t('ledger_head')} (id, size, chain) VALUES (1, 0, %s)",
-                      (GENESIS_CHAIN,))
-        else:
-            size, chain = row["size"], bytes(row["chain"])
+        size, chain = self._head_from(c, row)
         rows, ids, size, chain = self._chained_rows(stored_events, size, chain, leaves)
         params: list[Any] = [v for r in rows for v in r]
         values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))

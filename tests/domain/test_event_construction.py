@@ -3,7 +3,7 @@ events the library would make: the same fields in the same order, so the same st
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from ledger.application import Registry
 from ledger.keys import Keyring
 from ledger.transcoder import MsgpackTranscoder
 
-WHEN = datetime(2021, 11, 18, 9, 30, tzinfo=timezone.utc)
+WHEN = datetime(2021, 11, 18, 9, 30, tzinfo=UTC)
 
 
 def _library_path(m: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from test_tamper import *  # noqa: F403 - every tampering test, run again with the reader process
-from test_tamper import Demo, flip, url
+from test_tamper import Demo, copy_db, flip, url
 
 import ledger.audit as audit_module
 from domain import blocks as B
@@ -139,14 +139,7 @@ def long_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
 
 
 def copy_of(path: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "copy.db"
-    src, dst = sqlite3.connect(path), sqlite3.connect(copy)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-    return copy
+    return copy_db(path, tmp_path / "copy.db")
 
 
 def test_a_long_clean_log_gives_the_same_report_either_way(long_log: tuple[Path, str, int]) -> None:

@@ -69,17 +69,21 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     return Demo(path, keyring, operator_key, positions, sizes, size)
 
 
-@pytest.fixture
-def db(demo_db: Demo, tmp_path: Path) -> Path:
-    """A private copy of the demo registry's database file."""
-    copy = tmp_path / "registry.db"
-    src, dst = sqlite3.connect(demo_db.path), sqlite3.connect(copy)
+def copy_db(path: Path, copy: Path) -> Path:
+    """A copy of an SQLite database file, made with SQLite's online backup."""
+    src, dst = sqlite3.connect(path), sqlite3.connect(copy)
     try:
         src.backup(dst)
     finally:
         src.close()
         dst.close()
     return copy
+
+
+@pytest.fixture
+def db(demo_db: Demo, tmp_path: Path) -> Path:
+    """A private copy of the demo registry's database file."""
+    return copy_db(demo_db.path, tmp_path / "registry.db")
 
 
 @pytest.fixture

@@ -142,6 +142,11 @@ class Checkpointer:
             if held:
                 return self._make()
         latest = self.app.recorder.latest_checkpoint()
+        # Another process signs: ask again when the next checkpoint would be due, not after
+        # every write (if that process stops, this one takes over within INTERVAL_S).
+        self._last_time = time.monotonic()
+        if latest is not None:
+            self._last_size = max(self._last_size, latest[0])
         return (Checkpoint.parse(latest[1]), latest[2]) if latest else None
 
     def _make(self) -> tuple[Checkpoint, bytes]:

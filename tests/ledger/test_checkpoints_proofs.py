@@ -158,6 +158,38 @@ def test_a_checkpoint_every_1000_events_even_within_a_second(tmp_path: Path,
         app.close()
 
 
+def test_a_process_that_cannot_sign_waits_for_the_next_interval(tmp_path: Path,
+                                                                 fake_time: FakeMonotonic) -> None:
+    """While another process holds the signer's lock, a checkpointer does not try again (a lock
+    file and a query) after every write, but once the next checkpoint would be due; and it
+    takes over when the lock is free."""
+    app = Registry(url(tmp_path / "registry.db"), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        load_demo(app)
+        checkpointer = app.operator_checkpointer()
+        first, _ = checkpointer.make()
+        emissions(app, "2022")
+        fake_time.now += 5.0
+        size = app.log_position()
+        assert checkpointer.due(size)
+        with app.recorder.signer_lock() as held:  # another process signs
+            assert held
+            assert checkpointer.make()[0] == first
+            assert not checkpointer.due(size)
+            fake_time.now += 0.5
+            assert not checkpointer.due(size)
+            fake_time.now += 0.6
+            assert checkpointer.due(size)
+            assert checkpointer.make()[0] == first
+        assert checkpoint_sizes(app) == [first.size]
+        fake_time.now += 1.1
+        assert checkpointer.due(size)
+        assert checkpointer.make()[0].size == size
+        assert checkpoint_sizes(app) == [first.size, size]
+    finally:
+        app.close()
+
+
 def test_checkpoint_on_demand(app: Registry) -> None:
     assert checkpoint_sizes(app) == []
     cp, signature = app.operator_checkpointer().make()

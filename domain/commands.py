@@ -241,16 +241,47 @@ def _transfer_items(value: Any, name: str) -> list[dict[str, Any]]:
                           limit=MAX_BATCH, size=len(value))
     items = []
     for i, v in enumerate(value):
-        try:
-            items.append(_parse_fields(v, _TRANSFER_ITEM, f"{name}[{i}]"))
-        except DomainError as e:
-            raise DomainError(e.code, f"{name}[{i}]: {e.message}", index=i, **e.details) from None
+        item = _plain_transfer(v)
+        if item is None:
+            try:
+                item = _parse_fields(v, _TRANSFER_ITEM, f"{name}[{i}]")
+            except DomainError as e:
+                raise DomainError(e.code, f"{name}[{i}]: {e.message}", index=i, **e.details) from None
+        items.append(item)
     seen: set[str] = set()
     for i, item in enumerate(items):
         if item["trade_id"] in seen:
             raise invalid(f"{name}[{i}] repeats trade_id {item['trade_id']}", field=name)
         seen.add(item["trade_id"])
-    return [_check_transfer(item, f"{name}[{i}]") for i, item in enumerate(items)]
+    return [item if "first" in item else _check_transfer(item, f"{name}[{i}]")
+            for i, item in enumerate(items)]
+
+
+_PLAIN_KEYS = frozenset({"trade_id", "seller", "buyer", "ticket_no", "quantity_t", "price", "mode"})
+_MODES = frozenset(m.value for m in V.TradeMode)
+
+
+def _plain_transfer(v: Any) -> dict[str, Any] | None:
+    """The common batch item (a quantity, no serials) checked in one pass: the same dict as
+    _check_transfer(_parse_fields(v, _TRANSFER_ITEM, ...)) would give, or None for anything
+    else (which the general path then parses, or refuses with its own message)."""
+    if type(v) is not dict or v.keys() != _PLAIN_KEYS:
+        return None
+    trade_id, seller, buyer = v["trade_id"], v["seller"], v["buyer"]
+    ticket, q, price, mode = v["ticket_no"], v["quantity_t"], v["price"], v["mode"]
+    if not (type(trade_id) is str and type(seller) is str and type(buyer) is str
+            and type(ticket) is str and type(price) is str and type(q) is int
+            and 1 <= q <= V.MAX_QUANTITY_T and mode in _MODES and seller != buyer
+            and V.REF.fullmatch(trade_id) and V.SLUG.fullmatch(seller)
+            and V.SLUG.fullmatch(buyer) and V.TICKET_NO.fullmatch(ticket)
+            and V.YUAN.fullmatch(price)):
+        return None
+    whole, _, cents = price.partition(".")
+    price_fen = int(whole) * 100 + int(cents.ljust(2, "0"))
+    if price_fen > V.MAX_FEN:
+        return None
+    return {"trade_id": trade_id, "seller": seller, "buyer": buyer, "ticket_no": ticket,
+            "quantity_t": q, "price_fen": price_fen, "mode": mode, "first": 0, "last": 0}
 
 
 _spec("settle_batch", batch_id=_ref, transfers=_transfer_items)

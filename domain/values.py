@@ -80,6 +80,8 @@ _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 _TICKET_NO = re.compile(r"[A-Z][A-Z0-9]*-[0-9]{7}")
 _SERIAL = re.compile(r"(?P<ticket>[A-Z][A-Z0-9]*-[0-9]{7})-(?P<n>[0-9]{7}|[1-9][0-9]{7,11})")
 _YUAN = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,2})?")
+# The patterns for fast paths that check a value in place of the functions below.
+SLUG, REF, TICKET_NO, YUAN = _SLUG, _REF, _TICKET_NO, _YUAN
 _PERIOD = re.compile(r"([0-9]{4})(?:-([0-9]{4}))?")
 _SCHEME = re.compile(r"[a-z][a-z0-9_]{1,31}")
 

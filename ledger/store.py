@@ -227,9 +227,9 @@ class LedgerTables:
         return rows, ids, size, chain
 
     def _check_read_set(self, read_set: ReadSet, found: Sequence[Any]) -> None:
-        current = {self._uuid(r["id"]): r["v"] for r in found}
+        current = {r["id"]: r["v"] for r in found}  # keyed as stored (see _oid)
         for aggregate_id, version in read_set:
-            now = current.get(aggregate_id, 0)
+            now = current.get(self._oid(aggregate_id), 0)
             if now != version:
                 raise StaleRead(f"aggregate {aggregate_id} moved from version {version} to {now}")
 

@@ -197,6 +197,7 @@ class Registry(Application):
         read_set: dict[UUID, int] = {}
         with self._projection_lock:
             state = self._decision_state()
+            decided_at = state.position
             overlay: dict[UUID, LedgerAggregate] = {}
 
             def load(aggregate_id: UUID) -> LedgerAggregate | None:
@@ -228,7 +229,7 @@ class Registry(Application):
             return
         events = [e for _, decision in decided for e in decision.events]
         try:
-            positions = self._record(events, list(read_set.items()))
+            positions = self._record(events, list(read_set.items()), decided_at)
         except IntegrityError:
             for item, _ in decided:  # decide again, one by one, against what is now recorded
                 self._finish_alone(item)
@@ -285,15 +286,17 @@ class Registry(Application):
         events = [e for agg in (*changed, record) for e in agg.collect_events()]
         return _Decision(outcome, changed, read_set, events)
 
-    def _record(self, events: list[Any], read_set: list[tuple[UUID, int]]) -> list[int]:
-        """Write the events in one transaction; return their log positions. When this process's
-        projection and Merkle tree were at the log's end, they take the new records as written
-        (no read back)."""
+    def _record(self, events: list[Any], read_set: list[tuple[UUID, int]],
+                decided_at: int) -> list[int]:
+        """Write the events in one transaction; return their log positions. `decided_at` is the
+        log size the decision saw: when the log has not grown since, the read set needs no
+        check. When this process's projection and Merkle tree were at the log's end, they take
+        the new records as written (no read back)."""
         stored = self.to_stored(events)
         leaves = leaf_hashes(stored)
         try:
-            positions = list(self.recorder.insert_events(stored, read_set=read_set,
-                                                         leaves=leaves) or ())
+            positions = list(self.recorder.insert_events(stored, read_set=read_set, leaves=leaves,
+                                                         decided_at=decided_at) or ())
         except IntegrityError:
             self._written_to = None  # another process wrote: catch up before deciding again
             raise
@@ -340,11 +343,12 @@ class Registry(Application):
                 # was not the last to write); the store re-checks every version the decision used.
                 with self._projection_lock:
                     state = self._decision_state(check=attempt > 0)
+                    decided_at = state.position
                     decision = self._decide(command, signed, state, partial(_fork_from, state))
                 if isinstance(decision, dict):
                     return decision
                 try:
-                    positions = self._record(decision.events, decision.read_set)
+                    positions = self._record(decision.events, decision.read_set, decided_at)
                 except IntegrityError:
                     continue  # someone else wrote first (or this id was just used): decide again
             if self.auto_checkpoint:
@@ -462,10 +466,10 @@ class Registry(Application):
         with self._tree_lock:
             target = self.log_position() if size is None else size
             while self._tree.size < target:
-                records = self.recorder.select_records(self._tree.size + 1, 5000, stop=target)
-                if not records:
+                hashes = self.recorder.select_leaf_hashes(self._tree.size + 1, 5000, stop=target)
+                if not hashes:
                     break
-                self._tree.extend([r.leaf_hash() for r in records])
+                self._tree.extend(hashes)
             if self._tree.size < target:
                 raise DomainError("invalid_argument", f"the log has {self._tree.size} records, "
                                   f"not {target}")

@@ -38,7 +38,12 @@ class Record:
 
 
 def record_bytes(originator_id: UUID, version: int, topic: str, state: bytes) -> bytes:
-    return msgpack.packb([originator_id.bytes, version, topic, state], use_bin_type=True)
+    return record_bytes_of(originator_id.bytes, version, topic, state)
+
+
+def record_bytes_of(id_bytes: bytes, version: int, topic: str, state: bytes) -> bytes:
+    """record_bytes with the originator id given as its 16 bytes."""
+    return msgpack.packb([id_bytes, version, topic, state], use_bin_type=True)
 
 
 def next_chain(prev: bytes, leaf: bytes) -> bytes:

@@ -41,7 +41,7 @@ from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
 from ledger import merkle
-from ledger.records import GENESIS_CHAIN, Record, next_chain, record_bytes
+from ledger.records import GENESIS_CHAIN, Record, next_chain, record_bytes, record_bytes_of
 
 DEFAULT_DB = "sqlite:///var/registry.db"
 ENV_DB = "CARBON_LEDGER_DB"
@@ -181,14 +181,17 @@ class LedgerTables:
             yield c
 
     def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
-                leaves: Sequence[bytes] | None = None) -> list[int]:
+                leaves: Sequence[bytes] | None = None, decided_at: int | None = None) -> list[int]:
         """Insert the records after the chain head, under the store's write lock, once every
         version in `read_set` is still the latest (checked before anything is inserted, so that
-        a group of commands may read what a later command of the same group changes)."""
+        a group of commands may read what a later command of the same group changes).
+
+        `decided_at` is the log size the versions were read at: if the log is still that size,
+        nothing can have moved and the check is skipped."""
         P, head = self.P, self._t("ledger_head")
         row = self._lock_and_read_head(c)
         size, chain = self._head_from(c, row)
-        if read_set:  # one query for every aggregate the command only read
+        if read_set and size != decided_at:  # one query for every aggregate only read
             marks = ", ".join([P] * len(read_set))
             c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
                       f"FROM {self._t(self.events_table_name)} WHERE originator_id IN ({marks}) "
@@ -268,6 +271,21 @@ class LedgerTables:
                                   "topic, state, chain", [], start, limit, stop)
         return [Record(r["position"], self._uuid(r["originator_id"]), r["originator_version"],
                        r["topic"], bytes(r["state"]), bytes(r["chain"] or b"")) for r in rows]
+
+    def select_leaf_hashes(self, start: int, limit: int, stop: int | None = None) -> list[bytes]:
+        """The leaf hashes of the records with positions >= start (and <= stop), in log order:
+        what select_records(...)[i].leaf_hash() gives, without making the records."""
+        rows = self._select_range("originator_id, originator_version, topic, state", [], start,
+                                  limit, stop)
+        id_bytes = self._id_bytes
+        return [merkle.leaf_hash(record_bytes_of(id_bytes(r["originator_id"]),
+                                                 r["originator_version"], r["topic"],
+                                                 bytes(r["state"])))
+                for r in rows]
+
+    def _id_bytes(self, stored_id: Any) -> bytes:
+        """The 16 bytes of an originator id as the store gives it (hex text on SQLite)."""
+        return bytes.fromhex(stored_id)
 
     def select_raw(self, start: int, limit: int, stop: int | None = None,
                    without_state: Sequence[str] = ()) -> list[tuple[Any, ...]]:
@@ -447,7 +465,8 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
-        return self._append(c, stored_events, kwargs.get("read_set") or (), kwargs.get("leaves"))
+        return self._append(c, stored_events, kwargs.get("read_set") or (), kwargs.get("leaves"),
+                            kwargs.get("decided_at"))
 
 
 class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
@@ -474,6 +493,9 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
 
     def _oid(self, originator_id: UUID) -> Any:
         return originator_id
+
+    def _id_bytes(self, stored_id: Any) -> bytes:
+        return stored_id.bytes
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -519,7 +541,8 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         with nullcontext(held) if held is not None else self.datastore.get_connection() as conn:
             try:
                 ids = self._append_fused(conn, stored_events, read_set, kwargs.get("leaves"),
-                                         begun=held is not None)
+                                         begun=held is not None,
+                                         decided_at=kwargs.get("decided_at"))
             except BaseException:
                 conn.rollback() if not conn.autocommit else conn.execute("ROLLBACK")
                 raise
@@ -527,12 +550,13 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
             return ids
 
     def _append_fused(self, conn: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
-                      leaves: Sequence[bytes] | None, begun: bool = False) -> list[int]:
+                      leaves: Sequence[bytes] | None, begun: bool = False,
+                      decided_at: int | None = None) -> list[int]:
         if not conn.autocommit or len(stored_events) > self.FUSED_ROWS:
             if not begun:
                 conn.execute("BEGIN")
             return self._append(conn.cursor(row_factory=dict_row), stored_events, read_set,
-                                leaves)
+                                leaves, decided_at)
         c = conn.cursor(row_factory=dict_row)
         if begun:  # the lock is held already
             c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
@@ -542,6 +566,8 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
                 pass
         row = c.fetchone()
         size, chain = self._head_from(c, row)
+        if size == decided_at:  # nothing written since the decision: no version can have moved
+            read_set = ()
         rows, ids, size, chain = self._chained_rows(stored_events, size, chain, leaves)
         params: list[Any] = [v for r in rows for v in r]
         values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from domain.errors import DomainError
 from ledger.application import Registry
@@ -350,3 +350,22 @@ def test_after_two_lost_races_a_command_takes_an_exclusive_turn(app: Registry) -
     assert outcome["position"] == app.log_position()
     del app.recorder.insert_events, app.recorder.exclusive
     assert audit_database(app.recorder).ok
+
+
+def test_the_read_set_is_checked_only_when_the_log_grew_since_the_decision(app: Registry) -> None:
+    """A decision made at log size n: if the log is still n when its records are written, no
+    version can have moved, and the store skips the query; otherwise every version is checked."""
+    from domain.participant import Participant
+
+    alice = Participant.id_for("alice")
+    version = app.projection().aggregates[alice].version
+    size = app.log_position()
+    wrong = [(alice, version + 5)]  # a version alice never had: any check would refuse it
+    record = next(r for r in app.recorder.select_records(size, 1))
+    stored = StoredEvent(Participant.id_for("nobody-1"), 1, record.topic, record.state)
+    with pytest.raises(IntegrityError):
+        app.recorder.insert_events([stored], read_set=wrong, decided_at=size - 1)
+    with pytest.raises(IntegrityError):
+        app.recorder.insert_events([stored], read_set=wrong)
+    assert app.log_position() == size  # nothing was written by the refused attempts
+    assert app.recorder.insert_events([stored], read_set=wrong, decided_at=size) == [size + 1]

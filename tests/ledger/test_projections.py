@@ -403,3 +403,14 @@ def test_random_histories_keep_read_models_consistent_and_rebuildable(history: l
             assert snapshot(app.projection(as_of=position), histories=False) == then
     finally:
         app.close()
+
+
+def test_leaf_hashes_read_straight_from_the_store_equal_the_records(demo_registry: Registry) -> None:
+    """Both stores: what the Merkle tree is extended with when another process wrote."""
+    recorder = demo_registry.recorder
+    size = demo_registry.log_position()
+    assert size > 50
+    expected = [r.leaf_hash() for r in recorder.select_records(1, size)]
+    assert recorder.select_leaf_hashes(1, size) == expected
+    assert recorder.select_leaf_hashes(5, 7, stop=9) == expected[4:9]
+    assert recorder.select_leaf_hashes(size + 1, 10) == []

@@ -27,6 +27,7 @@ from ledger.operations import backup, migrate, restore
 from ledger.projections import Progress as ProjectionProgress
 from ledger.proofs import ProofError, verify_bundle
 from ledger.proofs import bundle as proof_bundle
+from ledger.runtime import tune_collector
 from ledger.store import DEFAULT_DB, ENV_DB, db_url
 
 # Piped output is not cut to 80 columns: tables stay whole in logs and CI.
@@ -727,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_collector()
     if not hasattr(args, "db"):
         args.db = None
     args.json = getattr(args, "json", False)

@@ -48,6 +48,7 @@ from ledger.application import Registry
 from ledger.checkpoints import b64, checkpoint_json, unb64, verify_cosignature
 from ledger.keys import Keyring, default_keys_dir, verify
 from ledger.proofs import bundle as proof_bundle
+from ledger.runtime import freeze_heap, tune_collector
 from ledger.signing import (
     ACTOR_TAG,
     CONSENT_TAG,
@@ -320,6 +321,12 @@ def create_app(registry: Registry | None = None) -> FastAPI:
                     else default_keys_dir(url))
             state["registry"] = Registry(url, keyring=Keyring(keys), auto_checkpoint=False)
             state["owned"] = True
+        if state.get("owned"):  # a server process (not an app built around a given registry)
+            # Load what every request needs before the first one; keep the collector off it.
+            reg().projection()
+            reg().log_tree()
+            tune_collector()
+            freeze_heap()
         stop = threading.Event()
         threads = [threading.Thread(target=_checkpoint_loop, args=(reg(), stop), daemon=True,
                                     name="checkpointer"),

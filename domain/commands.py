@@ -199,7 +199,16 @@ def canonical_bytes(obj: Any) -> bytes:
     return msgpack.packb(_canonical(obj), use_bin_type=True)
 
 
+_SCALARS = frozenset({str, int, bool, bytes, type(None)})
+
+
 def _canonical(obj: Any) -> Any:
+    kind = type(obj)
+    # Plain dicts and lists (nearly everything) first, without a call per scalar value.
+    if kind is dict:
+        return {str(k): v if type(v) in _SCALARS else _canonical(v) for k, v in sorted(obj.items())}
+    if kind is list or kind is tuple:
+        return [v if type(v) in _SCALARS else _canonical(v) for v in obj]
     if isinstance(obj, dict):
         return {str(k): _canonical(obj[k]) for k in sorted(obj)}
     if isinstance(obj, (list, tuple)):
@@ -270,7 +279,7 @@ def _plain_transfer(v: Any) -> dict[str, Any] | None:
     trade_id, seller, buyer = v["trade_id"], v["seller"], v["buyer"]
     ticket, q, price, mode = v["ticket_no"], v["quantity_t"], v["price"], v["mode"]
     if not (type(trade_id) is str and type(seller) is str and type(buyer) is str
-            and type(ticket) is str and type(price) is str and type(q) is int
+            and type(ticket) is str and type(price) is str and type(mode) is str and type(q) is int
             and 1 <= q <= V.MAX_QUANTITY_T and mode in _MODES and seller != buyer
             and V.REF.fullmatch(trade_id) and V.SLUG.fullmatch(seller)
             and V.SLUG.fullmatch(buyer) and V.TICKET_NO.fullmatch(ticket)

@@ -65,3 +65,33 @@ def test_a_batch_parses_the_same_with_or_without_the_fast_path(
     assert [list(i.items()) for i in fast.fields["transfers"]] == \
         [list(i.items()) for i in general.fields["transfers"]]
     assert fast.digest() == general.digest()
+
+
+def _reference_canonical(obj: Any) -> Any:
+    """The canonical form as first written (one call per value)."""
+    if isinstance(obj, dict):
+        return {str(k): _reference_canonical(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_reference_canonical(v) for v in obj]
+    if isinstance(obj, float):
+        raise DomainError("invalid_argument", "float")
+    return obj
+
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), st.text(max_size=5),
+                    st.binary(max_size=4), st.floats(allow_nan=False))
+trees = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.tuples(inner, inner),
+    st.dictionaries(st.text(max_size=4), inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(trees)
+def test_canonical_bytes_equal_the_first_definitions(tree: Any) -> None:
+    try:
+        expected = C.msgpack.packb(_reference_canonical(tree), use_bin_type=True)
+    except DomainError:
+        with pytest.raises(DomainError):
+            C.canonical_bytes(tree)
+        return
+    assert C.canonical_bytes(tree) == expected

@@ -288,29 +288,74 @@ def batch_transfers(sizes: Sizes, pg: PgScratch | None) -> list[Row]:
 
 # (3) HTTP -----------------------------------------------------------------------------------
 
-def http_load(sizes: Sizes, workers: int) -> list[Row]:
+HTTP_WORKERS = (1, 2)  # `serve --workers N` on this 2-core machine
+HTTP_CLIENT_THREADS = (4, 8)  # threads per client process (2 processes): 8 or 16 connections
+
+
+def _http_note(result: dict[str, Any], workers: int, procs: int, threads: int) -> str:
+    return (f"{workers} worker{'s' if workers > 1 else ''}, {procs * threads} connections: "
+            f"{fmt_int(result['rate'])}/s, p50 {result['p50_ms']:.0f} ms, p99 "
+            f"{result['p99_ms']:.0f} ms, server {fmt_int(result['server_cpu_us_per_request'])} µs "
+            f"CPU per request ({result['server_cores_busy']:.2f} cores busy), errors "
+            f"{result['errors'] or 'none'}")
+
+
+def http_load(sizes: Sizes, workers: int | None = None) -> list[Row]:
+    """Signed single transfers and batches over loopback HTTP, swept over the worker count (and,
+    for single transfers, the number of client connections). The headline rows are the best
+    throughput whose p99 latency meets the target; every point of the sweep is its own row."""
     from benchmarks.http_load import run as run_http
     from benchmarks.http_load import run_batch
 
     batch_size, batch_threads, batch_target = 1000, 2, 10_000  # transfers/s over HTTP
-    result = run_http(seconds=sizes.http_seconds, procs=sizes.http_procs,
-                      threads=sizes.http_threads, workers=workers)
-    rate, p50, p99 = result["rate"], result["p50_ms"], result["p99_ms"]
-    errors = result["errors"]
-    note = (f"`carbon-ledger serve --workers {workers}` on a fresh SQLite registry; "
-            f"{sizes.http_procs} client processes x {sizes.http_threads} threads, each its own "
-            f"exchange key, {result['seconds']:.1f} s; requests pre-signed before the clock started "
-            f"(client signing {fmt_int(result['sign_per_s'])}/s per client process, would take CPU "
-            f"from the server on {os.cpu_count()} cores) and sent as raw HTTP/1.1 on keep-alive "
-            f"sockets, every status checked; {fmt_int(result['ok'])} accepted, errors "
-            f"{errors or 'none'}; CPU per request: server {fmt_int(result['server_cpu_us_per_request'])}"
-            f" µs ({result['server_cores_busy']:.2f} cores busy), clients "
-            f"{fmt_int(result['client_cpu_us_per_request'])} µs ({result['client_cores_busy']:.2f} "
+    worker_counts = (workers,) if workers else HTTP_WORKERS
+    procs = sizes.http_procs
+    points = []
+    for w in worker_counts:
+        for threads in HTTP_CLIENT_THREADS:
+            result = run_http(seconds=sizes.http_seconds, procs=procs, threads=threads, workers=w)
+            points.append((w, threads, result))
+    rows = []
+    for w, threads, result in points:
+        rows.append(Row(f"HTTP single transfers, {w} worker{'s' if w > 1 else ''}, "
+                        f"{procs * threads} connections", result["rate"], "transfers/s",
+                        result.get("direct_rate"), "Registry.submit in-process (same store)",
+                        target="(sweep point)", passed=None,
+                        notes=_http_note(result, w, procs, threads),
+                        extra={"p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
+                               "server_cpu_us_per_request": result["server_cpu_us_per_request"]}))
+    within = [p for p in points if p[2]["p99_ms"] <= HTTP_P99_TARGET_MS and not p[2]["errors"]]
+    w, threads, best = max(within or points, key=lambda p: p[2]["rate"])
+    rate, p50, p99, errors = best["rate"], best["p50_ms"], best["p99_ms"], best["errors"]
+    note = (f"the best point of the sweep whose p99 is within {HTTP_P99_TARGET_MS} ms: "
+            f"`carbon-ledger serve --workers {w}` on a fresh SQLite registry, {procs} client "
+            f"processes x {threads} threads, each its own exchange key, {best['seconds']:.1f} s; "
+            f"requests pre-signed before the clock started (client signing "
+            f"{fmt_int(best['sign_per_s'])}/s per client process, would take CPU from the server "
+            f"on {os.cpu_count()} cores) and sent as raw HTTP/1.1 on keep-alive sockets, every "
+            f"status checked; {fmt_int(best['ok'])} accepted, errors {errors or 'none'}; CPU per "
+            f"request: server {fmt_int(best['server_cpu_us_per_request'])} µs "
+            f"({best['server_cores_busy']:.2f} cores busy), clients "
+            f"{fmt_int(best['client_cpu_us_per_request'])} µs ({best['client_cores_busy']:.2f} "
             "cores)")
-    batch = run_batch(seconds=sizes.http_seconds, threads=batch_threads, batch_size=batch_size,
-                      workers=workers)
+    batches = []
+    for w_b in worker_counts:
+        batch = run_batch(seconds=sizes.http_seconds, threads=batch_threads, batch_size=batch_size,
+                          workers=w_b)
+        batches.append((w_b, batch))
+        rows.append(Row(f"HTTP batch settlement, {w_b} worker{'s' if w_b > 1 else ''}",
+                        batch["transfers_rate"], "transfers/s", batch["direct_transfers_rate"],
+                        "Registry.submit of batches in-process (same store)",
+                        target="(sweep point)", passed=None,
+                        notes=f"p50 {batch['p50_ms']:,.0f} ms, p99 {batch['p99_ms']:,.0f} ms per "
+                              f"batch; server CPU {batch['server_cpu_us_per_request'] / 1000:,.0f}"
+                              f" ms per batch ({batch['server_cores_busy']:.2f} cores busy); "
+                              f"errors {batch['errors'] or 'none'}"))
+    ok_batches = [b for b in batches if not b[1]["errors"]]
+    w_b, batch = max(ok_batches or batches, key=lambda b: b[1]["transfers_rate"])
     batch_rate, batch_errors = batch["transfers_rate"], batch["errors"]
-    batch_note = (f"POST /v1/transfers/batch, one signed settle_batch of {fmt_int(batch_size)} "
+    batch_note = (f"the better of the worker counts swept: `serve --workers {w_b}`; POST "
+                  f"/v1/transfers/batch, one signed settle_batch of {fmt_int(batch_size)} "
                   f"transfers ({fmt_int(batch['body_bytes'])} bytes) per request, "
                   f"{batch_threads} client threads (one exchange each) posting one batch after "
                   f"another, {batch['seconds']:.1f} s; {fmt_int(batch['batches'])} batches accepted, "
@@ -321,23 +366,26 @@ def http_load(sizes: Sizes, workers: int) -> list[Row]:
                   f"of {fmt_int(batch['direct_batch_size'])} in-process on the same store")
     return [
         Row("HTTP signed single transfers: throughput", rate, "transfers/s",
-            result.get("direct_rate"), "Registry.submit in-process (same store)",
-            target=f">= {fmt_int(HTTP_TARGET)}/s", passed=rate >= HTTP_TARGET and not errors,
-            notes=note),
+            best.get("direct_rate"), "Registry.submit in-process (same store)",
+            target=f">= {fmt_int(HTTP_TARGET)}/s with p99 <= {HTTP_P99_TARGET_MS} ms",
+            passed=rate >= HTTP_TARGET and p99 <= HTTP_P99_TARGET_MS and not errors, notes=note,
+            extra={"workers": w, "connections": procs * threads}),
         Row("HTTP signed single transfers: p50 latency", p50, "ms", None, "",
             target="(report)", passed=None, higher_is_better=False),
         Row("HTTP signed single transfers: p99 latency", p99, "ms", None, "",
             target=f"<= {HTTP_P99_TARGET_MS} ms", passed=p99 <= HTTP_P99_TARGET_MS,
             higher_is_better=False),
-        Row("HTTP server CPU per signed transfer", result["server_cpu_us_per_request"], "µs",
+        Row("HTTP server CPU per signed transfer", best["server_cpu_us_per_request"], "µs",
             None, "", target="(report)", passed=None, higher_is_better=False,
-            notes="user + system CPU of the server process over the load, per request; on one "
-                  "worker the server's Python runs on one core at a time (the GIL)"),
+            notes="user + system CPU of the server's processes over the load, per request (the "
+                  "best point's); each worker's Python runs on one core at a time (the GIL)"),
         Row(f"HTTP signed batch settlement ({fmt_int(batch_size)} per batch): throughput",
             batch_rate, "transfers/s", batch["direct_transfers_rate"],
             "Registry.submit of batches in-process (same store)",
             target=f">= {fmt_int(batch_target)}/s",
-            passed=batch_rate >= batch_target and not batch_errors, notes=batch_note),
+            passed=batch_rate >= batch_target and not batch_errors, notes=batch_note,
+            extra={"workers": w_b}),
+        *rows,
     ]
 
 

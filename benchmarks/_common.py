@@ -85,8 +85,11 @@ def sqlite_url(db: Path) -> str:
     return f"sqlite:///{db}"
 
 
+_SIDE_FILES = ("-wal", "-shm", ".signer.lock", ".write.lock")  # SQLite's and the registry's
+
+
 def _remove_db(db: Path) -> None:
-    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}.signer.lock")):
+    for p in (db, *(Path(f"{db}{suffix}") for suffix in _SIDE_FILES)):
         p.unlink(missing_ok=True)
     shutil.rmtree(keys_path(db), ignore_errors=True)
 
@@ -117,7 +120,7 @@ def ensure_registry(events: int, *, timeout_s: float) -> tuple[Path, dict[str, A
     con = sqlite3.connect(partial)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
-    for suffix in ("-wal", "-shm", ".signer.lock"):
+    for suffix in _SIDE_FILES:
         Path(f"{partial}{suffix}").unlink(missing_ok=True)
     keys_path(partial).rename(keys_path(db))
     partial.rename(db)

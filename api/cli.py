@@ -487,19 +487,15 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    import uvicorn
-
     from api.server import ENV_KEYS
+    from api.serving import serve
 
     url = db_url(args.db)
     os.environ[ENV_DB] = url
     os.environ[ENV_KEYS] = str(_keys_dir(args))
     err.print(f"serving {url} at http://{args.host}:{args.port} ({args.workers} worker"
               f"{'s' if args.workers != 1 else ''}); docs at /docs")
-    uvicorn.run("api.server:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level, access_log=False,
-                http="api.transport:NoDelayHTTPProtocol")
-    return 0
+    return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

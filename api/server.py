@@ -574,7 +574,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.get("/healthz", summary="Liveness and log position", responses=ok)
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "position": reg().log_position()}
+        return {"status": "ok", "position": reg().log_position(), "worker": os.getpid()}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def metrics_text() -> Response:

@@ -88,8 +88,9 @@ def _available(world: Any, holder: str, ticket_no: str) -> int:
 # The story ----------------------------------------------------------------------------------
 
 def test_a_new_server_starts_empty(live_server: str) -> None:
-    health = httpx.get(live_server + "/healthz", timeout=10)
-    assert health.json() == {"status": "ok", "position": 0}
+    health = httpx.get(live_server + "/healthz", timeout=10).json()
+    assert health == {"status": "ok", "position": 0, "worker": health["worker"]}
+    assert isinstance(health["worker"], int) and health["worker"] > 0
     response = httpx.get(live_server + "/v1/checkpoints/latest", timeout=10)
     assert response.status_code == 404 and response.json()["code"] == "unknown_checkpoint"
 

@@ -144,7 +144,13 @@ class Dispatcher:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
+        try:
+            listener.bind((self.host, self.port))
+        except OSError as e:
+            listener.close()
+            print(f"serve: cannot listen on {self.host}:{self.port}: {e.strerror or e}",
+                  file=sys.stderr, flush=True)
+            return 1
         listener.listen(BACKLOG)
         listener.settimeout(ACCEPT_POLL_S)
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}

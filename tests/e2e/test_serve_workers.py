@@ -53,11 +53,15 @@ def server(tmp_path: Path):
         assert time.monotonic() < deadline, log.read_text(errors="replace")
         time.sleep(0.05)
     yield process, base, log
+    workers = _children(process.pid)  # before the parent goes: its children are reparented then
     if process.poll() is None:
         process.kill()
         process.wait(timeout=30)
-    for pid in _children(process.pid):
-        os.kill(pid, signal.SIGKILL)
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_connections_opened_together_are_spread_over_the_workers(server) -> None:
@@ -101,9 +105,43 @@ def test_sigterm_stops_the_server_and_its_workers(server) -> None:
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     deadline = time.monotonic() + 15
-    while any(Path(f"/proc/{pid}").exists() and b"Z" not in
-              Path(f"/proc/{pid}/stat").read_bytes().split(b")")[-1][:3] for pid in workers):
+    while [pid for pid in workers if _alive(pid)]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     with pytest.raises(OSError):
         socket.create_connection((HOST, int(base.rsplit(":", 1)[1])), timeout=2).close()
+
+
+def test_a_port_in_use_is_refused_with_a_clear_message(server, tmp_path: Path) -> None:
+    _, base, _ = server
+    port = base.rsplit(":", 1)[1]
+    second = subprocess.run(
+        [str(CARBON_LEDGER), "serve", "--db", f"sqlite:///{tmp_path / 'other.db'}", "--keys",
+         str(tmp_path / "other-keys"), "--host", HOST, "--port", port, "--workers", "2"],
+        capture_output=True, text=True, timeout=60, env=_clean_env(), check=False)
+    assert second.returncode == 1
+    assert f"cannot listen on {HOST}:{port}" in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+def test_workers_stop_when_the_serving_process_is_killed(server) -> None:
+    """A crash of the accepting process (SIGKILL: no handler runs) leaves no worker behind."""
+    process, base, _ = server
+    with httpx.Client(base_url=base) as c:
+        assert c.get("/healthz").status_code == 200
+    workers = _children(process.pid)
+    assert len(workers) >= 2
+    process.kill()
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while [pid for pid in workers if _alive(pid)]:
+        assert time.monotonic() < deadline, "a worker outlived the serving process"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return state[state.rindex(b")") + 2:][:1] != b"Z"

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,21 @@ def _start_server(url: str, keys: Path, workers: int, log: Path) -> tuple[subpro
                               cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     return server, base, server_log
+
+
+def _serve_and_drive(url: str, keys: Path, workers: int, log: Path, seconds: float, label: str,
+                     specs: Callable[[str], list[dict[str, Any]]],
+                     ) -> tuple[list[dict[str, Any]], float]:
+    """Start `carbon-ledger serve`, run the client processes `specs(base_url)` describes against
+    it (see _drive), and stop it."""
+    server, base, server_log = _start_server(url, keys, workers, log)
+    try:
+        _wait_healthy(base, server)
+        say(f"http: server up at {base}; {label}")
+        return _drive(server, specs(base), seconds)
+    finally:
+        _stop(server)
+        server_log.close()
 
 
 def _drive(server: subprocess.Popen, specs: list[dict[str, Any]], seconds: float
@@ -197,21 +213,15 @@ def run(*, seconds: float, procs: int, threads: int, workers: int, url: str | No
     direct_rate = n / (time.perf_counter() - t)
     app.close()
 
-    server, base, server_log = _start_server(url, keys, workers, d / "server.log")
-    try:
-        _wait_healthy(base, server)
-        say(f"http: server up at {base} ({workers} workers); starting {procs} client processes "
-            f"({client} HTTP)")
-        per_thread = int(MAX_RATE_PER_THREAD * seconds)
-        specs = [{"base": base, "keys": str(keys), "per_thread": per_thread, "proc": p,
-                  "reads_per_write": reads_per_write, "client": client, "mode": "single",
-                  "lanes": [[ln.exchange, ln.a, ln.b, ln.ticket_no]
-                            for ln in lanes[p * threads:(p + 1) * threads]]}
-                 for p in range(procs)]
-        results, server_cpu = _drive(server, specs, seconds)
-    finally:
-        _stop(server)
-        server_log.close()
+    per_thread = int(MAX_RATE_PER_THREAD * seconds)
+    results, server_cpu = _serve_and_drive(
+        url, keys, workers, d / "server.log", seconds,
+        f"{workers} workers; starting {procs} client processes ({client} HTTP)",
+        lambda base: [{"base": base, "keys": str(keys), "per_thread": per_thread, "proc": p,
+                       "reads_per_write": reads_per_write, "client": client, "mode": "single",
+                       "lanes": [[ln.exchange, ln.a, ln.b, ln.ticket_no]
+                                 for ln in lanes[p * threads:(p + 1) * threads]]}
+                      for p in range(procs)])
     return {**_summary(results, server_cpu), "direct_rate": direct_rate}
 
 
@@ -244,19 +254,14 @@ def run_batch(*, seconds: float, threads: int, batch_size: int, workers: int = 1
     direct_rate = n * size / (time.perf_counter() - t)
     app.close()
 
-    server, base, server_log = _start_server(url, keys, workers, d / "server.log")
-    try:
-        _wait_healthy(base, server)
-        say(f"http batch: server up at {base}; {threads} client threads posting batches of "
-            f"{batch_size:,} ({client} HTTP)")
-        spec = {"base": base, "keys": str(keys), "proc": 0, "client": client, "mode": "batch",
-                "batch_size": batch_size, "per_thread": MAX_BATCHES_PER_THREAD,
-                "lanes": [[ln.exchange, ln.a, ln.b, ln.ticket_no]
-                          for ln in lanes[:threads * lanes_per_exchange]]}
-        results, server_cpu = _drive(server, [spec], seconds)
-    finally:
-        _stop(server)
-        server_log.close()
+    results, server_cpu = _serve_and_drive(
+        url, keys, workers, d / "server.log", seconds,
+        f"{threads} client threads posting batches of {batch_size:,} ({client} HTTP)",
+        lambda base: [{"base": base, "keys": str(keys), "proc": 0, "client": client,
+                       "mode": "batch", "batch_size": batch_size,
+                       "per_thread": MAX_BATCHES_PER_THREAD,
+                       "lanes": [[ln.exchange, ln.a, ln.b, ln.ticket_no]
+                                 for ln in lanes[:threads * lanes_per_exchange]]}])
     summary = _summary(results, server_cpu)
     summary["batches"] = summary["ok"]
     summary["transfers_rate"] = summary["rate"] * batch_size

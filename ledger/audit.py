@@ -400,11 +400,6 @@ class _Stop(Exception):
         self.tree_size = tree_size
 
 
-def _fork(state: dict[UUID, LedgerAggregate], aggregate_id: UUID) -> LedgerAggregate | None:
-    agg = state.get(aggregate_id)
-    return agg.fork() if agg is not None else None
-
-
 def _plain(value: Any) -> Any:
     """Tuples as lists, recursively: what a value looks like after a round trip through the store."""
     if isinstance(value, (list, tuple)):
@@ -416,32 +411,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _same_fields(want: Any, got: Any) -> bool:
-    """Equal attributes but for the time (tuples and lists are the same after the store)."""
-    a, b = dict(vars(want)), dict(vars(got))
-    a.pop("timestamp", None)
-    b.pop("timestamp", None)
-    return a == b or _plain(a) == _plain(b)
-
-
-READER_MIN_RECORDS = 20_000  # below this, a reader process costs more than it saves
-_ABSENT = object()
-
-
-class _AuditUnitOfWork(UnitOfWork):
-    """The handlers' unit of work, without the versions read (the audit checks no read set):
-    the same loads, the same refusal of an aggregate of another class, fewer lookups."""
-
-    def find(self, cls: type[Any], aggregate_id: UUID) -> Any:
-        loaded = self.loaded
-        agg = loaded.get(aggregate_id, _ABSENT)
-        if agg is _ABSENT:
-            agg = self.load(aggregate_id)
-            if agg is not None and not isinstance(agg, cls):
-                raise AssertionError(f"{aggregate_id} is a {type(agg).__name__}, not a {cls.__name__}")
-            loaded[aggregate_id] = agg
-        return agg
-
+READER_MIN_RECORDS = 20_000  # below this, extra processes (a reader, signature workers) cost more than they save
 
 class Auditor:
     """The full audit of a log source (see the module's docstring).
@@ -495,7 +465,7 @@ class Auditor:
         total = source.size()
         if self.pinned_key is not None:
             K.raw_public(self.pinned_key)
-        sigs = SignatureBatcher(self.workers if total > 20_000 else 1)
+        sigs = SignatureBatcher(self.workers if total > READER_MIN_RECORDS else 1)
         state: dict[UUID, LedgerAggregate] = {}
         tickets = TicketInvariants()
         commitment = AuditCommitment(tickets)
@@ -598,7 +568,7 @@ class Auditor:
         cid = g.command_id
         command = g.command
         try:
-            uow = _AuditUnitOfWork(state.get)  # decided in place: the log is replayed, not trusted
+            uow = UnitOfWork(state.get)  # decided in place: the log is replayed, not trusted
 
             def queue(job: SignatureJob) -> None:
                 sigs.add(job.public_key, job.signature, job.message, record_pos,

@@ -32,23 +32,26 @@ A = TypeVar("A", bound=LedgerAggregate)
 Loader = Callable[[UUID], LedgerAggregate | None]
 
 
+_ABSENT = object()
+
+
 class UnitOfWork:
-    """The aggregates one command loaded, their versions when read, and the ones it created."""
+    """The aggregates one command loaded (None for one that does not exist) and the ones it
+    created. The versions it read are those of the loaded aggregates it did not change."""
 
     def __init__(self, load: Loader) -> None:
         self.load = load
         self.loaded: dict[UUID, LedgerAggregate | None] = {}
-        self.read_versions: dict[UUID, int] = {}
         self.created: list[LedgerAggregate] = []
 
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None:
-        if aggregate_id not in self.loaded:
+        agg = self.loaded.get(aggregate_id, _ABSENT)
+        if agg is _ABSENT:
             agg = self.load(aggregate_id)
             if agg is not None and not isinstance(agg, cls):
                 raise AssertionError(f"{aggregate_id} is a {type(agg).__name__}, not a {cls.__name__}")
             self.loaded[aggregate_id] = agg
-            self.read_versions[aggregate_id] = agg.version if agg is not None else 0
-        return self.loaded[aggregate_id]  # type: ignore[return-value]
+        return agg  # type: ignore[return-value]
 
     def get(self, cls: type[A], aggregate_id: UUID, missing: Callable[[], DomainError]) -> A:
         agg = self.find(cls, aggregate_id)
@@ -67,11 +70,11 @@ class UnitOfWork:
         return [a for a in self.loaded.values() if a is not None and a.pending_events]
 
     def read_set(self) -> list[tuple[UUID, int]]:
-        return [
-            (agg_id, version)
-            for agg_id, version in self.read_versions.items()
-            if not (self.loaded[agg_id] is not None and self.loaded[agg_id].pending_events)
-        ]
+        """(id, version read) of every aggregate loaded and not changed (0: it did not exist).
+        Call it before the changed aggregates' events are collected."""
+        return [(agg_id, agg.version if agg is not None else 0)
+                for agg_id, agg in self.loaded.items()
+                if agg is None or not agg.pending_events]
 
     # Lookups that refuse with the domain's codes --------------------------------------------
 

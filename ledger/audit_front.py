@@ -165,7 +165,7 @@ class Front:
             self.halted = True
 
     def root_at(self, size: int) -> bytes:
-        return self.tree.root_at(size) if size else merkle.EMPTY_ROOT
+        return self.tree.root_at(size)
 
     # One record ------------------------------------------------------------------------------
 

@@ -138,7 +138,7 @@ def _block_json(block: Any) -> str:
 class AuditCommitment:
     """Leaf hashes of every committed entity, kept up to date as aggregates change."""
 
-    def __init__(self, tickets: TicketInvariants | None = None) -> None:
+    def __init__(self, tickets: TicketInvariants) -> None:
         self._aggregates: dict[str, LedgerAggregate] = {}
         self._keys: list[str] = []  # sorted
         self._leaves: list[bytes] = []  # their leaf hashes, in the same order
@@ -154,13 +154,11 @@ class AuditCommitment:
     def touch(self, agg: LedgerAggregate) -> None:
         """Note that an aggregate changed; its leaf is recomputed at the next root()."""
         kind = type(agg)
-        committed = self._committed.get(kind)
-        if committed is None:
-            committed = self._committed[kind] = key_of(agg) is not None
-        if not committed:
+        if self._committed.get(kind) is False:
             return
         key = key_of(agg)
-        if key is None:
+        if key is None:  # key_of answers by class: no aggregate of this class is committed
+            self._committed[kind] = False
             return
         if key not in self._aggregates:
             at = bisect_left(self._keys, key)
@@ -211,9 +209,10 @@ class AuditCommitment:
             self._tickets[key] = (head, before, after)
         else:
             _, before, after = cached
-        seen = self.tickets.verified(t) if self.tickets is not None else None
+        seen = self.tickets.verified(t)
+        current = seen is not None and seen[0] == blocks
         parts: list[Any] | None = None
-        if seen is not None and seen[1] is not None and seen[0] == blocks:
+        if current and seen[1] is not None:
             parts = seen[1]
             if None in parts:
                 for n, text in enumerate(parts):
@@ -221,26 +220,20 @@ class AuditCommitment:
                         parts[n] = _block_json(blocks[n])
         else:
             parts = [_block_json(b) for b in blocks]
-            if seen is not None and seen[0] == blocks:
-                self.tickets.set_parts(t, parts)  # type: ignore[union-attr]
+            if current:
+                self.tickets.set_parts(t, parts)
         return (before + ",".join(parts) + after).encode()
 
-    def leaf_hashes(self) -> list[bytes]:
-        self.root()
-        return list(self._leaves)
-
     def root(self) -> bytes:
-        """merkle.root(self.leaf_hashes()), rehashing only the paths of the leaves that changed
+        """merkle.root over the leaves in key order, rehashing only the paths of the leaves that changed
         and, after the lowest key added since the last root, everything (the leaves moved)."""
         start = len(self._levels[0]) if self._lowest_new is None else bisect_left(
             self._keys, self._lowest_new)
         self._lowest_new = None
         changed = self._refresh()
         _rehash(self._levels, self._leaves, changed, start)
-        return _fold(self._levels, len(self._leaves))
-
-    def __len__(self) -> int:
-        return len(self._keys)
+        size = len(self._leaves)
+        return merkle._range_hash(self._levels, 0, size) if size else merkle.EMPTY_ROOT
 
 
 def _rehash(levels: list[list[bytes]], leaves: list[bytes], changed: list[int],
@@ -264,25 +257,8 @@ def _rehash(levels: list[list[bytes]], leaves: list[bytes], changed: list[int],
         for j in parents:
             if j < up:
                 above[j] = node(below[2 * j], below[2 * j + 1])
-        for j in range(up, pairs):
-            above.append(node(below[2 * j], below[2 * j + 1]))
+        above.extend(merkle._pair_up(below, 2 * up))
         dirty = {j for j in parents if j < up}
         start = up
         h += 1
     del levels[h + 1:]
-
-
-def _fold(levels: list[list[bytes]], size: int) -> bytes:
-    """The RFC 9162 root of the first `size` leaves from the complete subtrees, left to right."""
-    if size == 0:
-        return merkle.EMPTY_ROOT
-    parts = []
-    start = 0
-    for h in range(size.bit_length() - 1, -1, -1):
-        if size >> h & 1:
-            parts.append(levels[h][start >> h])
-            start += 1 << h
-    root = parts.pop()
-    while parts:
-        root = merkle.node_hash(parts.pop(), root)
-    return root

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from functools import cache, lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
-from eventsourcing.domain import _init_mentions_id as _INIT_MENTIONS_ID
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import get_topic
 
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:carbon-ledger:registry")
 
@@ -38,12 +36,6 @@ def _fields(event_class: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(event_class))
 
 
-@cache
-def topic_of(cls: type[Any]) -> str:
-    """The library's topic of a class (get_topic), looked up once."""
-    return get_topic(cls)
-
-
 def _new_event(event_class: type[Any], fixed: dict[str, Any], given: dict[str, Any]) -> Any:
     """An event of `event_class` with the fields in its dataclass order, as its __init__ sets
     them; TypeError for a missing or an unknown field, as __init__ would raise."""
@@ -67,45 +59,13 @@ def _new_event(event_class: type[Any], fixed: dict[str, Any], given: dict[str, A
     return event
 
 
-@cache
-def _init_names(cls: type[Any]) -> frozenset[str]:
-    """The parameter names of an aggregate class's __init__: the event fields the library
-    passes to it."""
-    return frozenset(inspect.signature(cls.__init__).parameters)
-
-
-_BASE_INIT = Aggregate.__base_init__
-
-
 class LedgerAggregate(Aggregate):
     class Event(Aggregate.Event):
         actor: str
         command_id: str
 
     class Created(Event, Aggregate.Created):
-        def mutate(self, aggregate: Any) -> Any:
-            """The library's construction of an aggregate from its created event (a shell,
-            the base attributes, __init__ with the event's matching fields, apply), with the
-            keyword filters looked up once per class."""
-            assert aggregate is None
-            cls = resolve_topic(self.originator_topic)
-            if cls.__base_init__ is not _BASE_INIT:  # pragma: no cover - none of ours does
-                return super().mutate(aggregate)
-            agg = cls.__new__(cls)
-            state = self.__dict__
-            timestamp = state["timestamp"]
-            agg._id = state["originator_id"]
-            agg._version = state["originator_version"]
-            agg._created_on = timestamp
-            agg._modified_on = timestamp
-            agg._pending_events = []
-            names = _init_names(cls)
-            kwargs = {k: v for k, v in state.items() if k in names}
-            if cls in _INIT_MENTIONS_ID:
-                kwargs["id"] = state["originator_id"]
-            agg.__init__(**kwargs)
-            self.apply(agg)
-            return agg
+        pass
 
     def fork(self) -> LedgerAggregate:
         """A copy that a command may change without touching this one.
@@ -145,7 +105,7 @@ class LedgerAggregate(Aggregate):
         if id is None:
             return super()._create(event_class, **kwargs)
         event = _new_event(event_class, {"originator_id": id, "originator_version": 1,
-                                         "originator_topic": topic_of(cls)}, kwargs)
+                                         "originator_topic": get_topic(cls)}, kwargs)
         agg = event.mutate(None)
         agg._pending_events.append(event)
         return agg

@@ -28,7 +28,7 @@ from eventsourcing.persistence import (
 )
 
 from domain import commands as C
-from domain.base import LedgerAggregate, topic_of
+from domain.base import LedgerAggregate
 from domain.command import CommandRecord
 from domain.errors import DomainError
 from domain.genesis import Genesis
@@ -316,23 +316,7 @@ class Registry(Application):
         return positions
 
     def to_stored(self, events: list[Any]) -> list[StoredEvent]:
-        """The mapper's to_stored_event for each event, with the topic looked up once per class
-        (the same StoredEvent, byte for byte, as long as no compressor or cipher is set)."""
-        mapper = self.mapper
-        if mapper.compressor is not None or mapper.cipher is not None:
-            return [mapper.to_stored_event(e) for e in events]
-        encode = mapper.transcoder.encode
-        stored = []
-        for event in events:
-            cls = type(event)
-            state = dict(event.__dict__)
-            originator_id = state.pop("originator_id")
-            version = state.pop("originator_version")
-            class_version = getattr(cls, "class_version", 1)
-            if class_version > 1:
-                state["class_version"] = class_version
-            stored.append(StoredEvent(originator_id, version, topic_of(cls), encode(state)))
-        return stored
+        return [self.mapper.to_stored_event(e) for e in events]
 
     def _execute(self, command: C.Command, signed: SignedCommand) -> dict[str, Any]:
         for attempt in range(MAX_ATTEMPTS):

@@ -203,16 +203,11 @@ _SCALARS = frozenset({str, int, bool, bytes, type(None)})
 
 
 def _canonical(obj: Any) -> Any:
-    kind = type(obj)
-    # Plain dicts and lists (nearly everything) first, without a call per scalar value.
-    if kind is dict:
-        return {str(k): v if type(v) in _SCALARS else _canonical(v) for k, v in sorted(obj.items())}
-    if kind is list or kind is tuple:
-        return [v if type(v) in _SCALARS else _canonical(v) for v in obj]
+    # Scalars inside a dict or list are taken as they are, without a call each.
     if isinstance(obj, dict):
-        return {str(k): _canonical(obj[k]) for k in sorted(obj)}
+        return {str(k): v if type(v) in _SCALARS else _canonical(v) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
+        return [v if type(v) in _SCALARS else _canonical(v) for v in obj]
     if isinstance(obj, float):
         raise invalid("floating-point numbers are not allowed in the ledger")
     return obj

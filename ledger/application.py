@@ -462,7 +462,12 @@ class Registry(Application):
     def operator_checkpointer(self) -> Checkpointer | None:
         """A checkpointer when this process holds the operator's private key, else None."""
         if self.checkpointer is None and self.keyring is not None:
-            genesis = self.get_aggregate(Genesis, Genesis.id_for())
+            # The in-process state has the genesis once it has caught up past it, without a read
+            # of the store (this runs after every command when no checkpointer is found).
+            projection = self._projection
+            genesis = projection.genesis if projection is not None else None
+            if genesis is None:
+                genesis = self.get_aggregate(Genesis, Genesis.id_for())
             if genesis is not None and self.keyring.has(genesis.operator_id):
                 self.checkpointer = Checkpointer(self, self.keyring.get(genesis.operator_id))
         return self.checkpointer

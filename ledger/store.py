@@ -377,9 +377,6 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
             *self.ledger_statements("BLOB"),
         ]
 
-    def _lock(self, c: Any) -> None:
-        c.execute("UPDATE ledger_head SET size = size WHERE id = 1")
-
     def _lock_and_read_head(self, c: Any) -> Any:
         c.execute("UPDATE ledger_head SET size = size WHERE id = 1 RETURNING size, chain")
         return c.fetchone()

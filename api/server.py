@@ -856,8 +856,7 @@ def _follow_loop(registry: Registry, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             if channel is not None:
-                with recorder.datastore.get_connection() as conn:
-                    conn.autocommit = True
+                with recorder.datastore.get_connection() as conn:  # autocommit, as pooled
                     conn.execute(f'LISTEN "{channel}"')
                     try:
                         while not stop.is_set():
@@ -872,7 +871,6 @@ def _follow_loop(registry: Registry, stop: threading.Event) -> None:
                             registry.projection()
                     finally:
                         conn.execute(f'UNLISTEN "{channel}"')
-                        conn.autocommit = False
             else:
                 while not stop.wait(FOLLOW_POLL_S):
                     registry.projection()

@@ -541,7 +541,7 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
                                          begun=held is not None,
                                          decided_at=kwargs.get("decided_at"))
             except BaseException:
-                conn.rollback() if not conn.autocommit else conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
             return ids
@@ -549,7 +549,7 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
     def _append_fused(self, conn: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
                       leaves: Sequence[bytes] | None, begun: bool = False,
                       decided_at: int | None = None) -> list[int]:
-        if not conn.autocommit or len(stored_events) > self.FUSED_ROWS:
+        if len(stored_events) > self.FUSED_ROWS:
             if not begun:
                 conn.execute("BEGIN")
             return self._append(conn.cursor(row_factory=dict_row), stored_events, read_set,
@@ -593,10 +593,7 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         if getattr(self._held, "conn", None) is not None:
             yield
             return
-        with self.datastore.get_connection() as conn:
-            if not conn.autocommit:
-                yield  # not a connection this can manage: plain optimistic writes
-                return
+        with self.datastore.get_connection() as conn:  # in autocommit mode, as the pool makes them
             c = conn.cursor(row_factory=dict_row)
             c.execute(self._begin_sql(conn))
             while c.nextset():

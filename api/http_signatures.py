@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from domain.errors import DomainError
 from ledger import keys as K
 from ledger.signing import (
+    _PARAM,  # one grammar for signature parameters, here and in the ledger
     ACTOR_COMPONENTS,
     ACTOR_TAG,
     CONSENT_COMPONENTS,
@@ -35,7 +36,6 @@ MAX_SIGNATURES = 4
 
 _MEMBER = re.compile(r'\s*([a-z][a-z0-9_-]*)=(\((?:"[^"]*"(?: "[^"]*")*)?\)(?:;[a-z]+=(?:[0-9]+|"[^"\\]*"))*)\s*')
 _SIG_MEMBER = re.compile(r"\s*([a-z][a-z0-9_-]*)=:([A-Za-z0-9+/=]*):\s*")
-_PARAM = re.compile(r';([a-z]+)=([0-9]+|"[^"\\]*")')
 
 
 @dataclass(frozen=True)

@@ -412,8 +412,11 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     # Writes --------------------------------------------------------------------------------
 
-    def too_large(declared: str | None) -> JSONResponse | None:
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    def too_large(declared: str | int | None) -> JSONResponse | None:
+        """The refusal of a body over the cap (`declared`: its length, or a Content-Length)."""
+        if isinstance(declared, str):
+            declared = int(declared) if declared.isdigit() else None
+        if declared is not None and declared > MAX_BODY_BYTES:
             return problem("payload_too_large", f"the body is {declared} bytes; at most "
                            f"{MAX_BODY_BYTES} are accepted")
         return None
@@ -429,9 +432,9 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         gets the refusal it got when the server parsed it first: a malformed body is refused
         as such before a missing or bad signature, and before a route that does not take it.
         """
-        if len(body) > MAX_BODY_BYTES:
-            return _problem_parts(problem("payload_too_large", f"the body is {len(body)} bytes; "
-                                          f"at most {MAX_BODY_BYTES} are accepted"))
+        refused = too_large(len(body))
+        if refused is not None:
+            return _problem_parts(refused)
 
         def full_parse() -> C.Command:
             command = C.parse(parse_canonical(body))
@@ -651,7 +654,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         def read(projection: Any) -> tuple[dict[str, Any], set[str], set[str]]:
             view = projection.balances(holder)
             pledged_to_caller = {p.pledge_id for p in projection.pledges.values()
-                                 if p.pledgee == caller.participant_id and p.pledgor == holder}
+                                 if p.pledgee == caller.participant_id and p.pledgor == holder
+                                 } if caller.role == "bank" else set()
             return view, set(projection.participants[holder].mandates), pledged_to_caller
 
         view, mandates, pledges = reg().view(read, as_of=as_of)

@@ -36,10 +36,16 @@ STOP_GRACE_S = 10.0
 
 def serve(*, host: str, port: int, workers: int, log_level: str) -> int:
     if workers <= 1:
-        uvicorn.run(APP, factory=True, host=host, port=port, log_level=log_level,
-                    access_log=False, http=HTTP)
+        uvicorn.run(APP, host=host, port=port, log_level=log_level, **_SETTINGS)
         return 0
     return Dispatcher(host, port, workers, log_level).run()
+
+
+_SETTINGS: dict[str, Any] = {"factory": True, "access_log": False, "http": HTTP}
+
+
+def _config(host: str, port: int, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(APP, host=host, port=port, log_level=log_level, **_SETTINGS)
 
 
 # The workers -------------------------------------------------------------------------------------
@@ -87,9 +93,7 @@ class _HandedServer(uvicorn.Server):
 
 
 def _worker(channel: socket.socket, host: str, port: int, log_level: str) -> None:
-    config = uvicorn.Config(APP, factory=True, host=host, port=port, log_level=log_level,
-                            access_log=False, http=HTTP)
-    _HandedServer(config, channel).run()
+    _HandedServer(_config(host, port, log_level), channel).run()
 
 
 # The accepting parent ------------------------------------------------------------------------------

@@ -7,12 +7,11 @@ signed (RFC 9421, Ed25519, exactly as api.client.Client signs them: api.http_sig
 verifies one by one; on a 2-core machine the clients' signing would otherwise take CPU from the
 server being measured. The signing rate is reported beside.
 
-The requests are then sent as pre-serialised HTTP/1.1 bytes on one keep-alive socket per thread
-(`client="raw"`, the default), and every response's status line, headers and body are read and its
-status checked (a refusal's problem code is counted). httpx (`client="httpx"`, what api.client
-uses) cost the client processes ~2,700 µs of CPU per request against ~190 µs this way (quick run,
-2 cores), CPU that the server lacked; the CPU seconds of the server and of the clients are
-measured and reported.
+The requests are then sent as pre-serialised HTTP/1.1 bytes on one keep-alive socket per thread,
+and every response's status line, headers and body are read and its status checked (a refusal's
+problem code is counted). httpx (what api.client uses) cost the client processes ~2,700 µs of CPU
+per request against ~190 µs this way (quick run, 2 cores), CPU that the server lacked; the CPU
+seconds of the server and of the clients are measured and reported.
 
 `run_batch` posts signed `settle_batch` commands (POST /v1/transfers/batch) the same way.
 
@@ -189,7 +188,7 @@ def _summary(results: list[dict[str, Any]], server_cpu_s: float) -> dict[str, An
 
 
 def run(*, seconds: float, procs: int, threads: int, workers: int, url: str | None = None,
-        reads_per_write: int = 0, client: str = "raw") -> dict[str, Any]:
+        reads_per_write: int = 0) -> dict[str, Any]:
     """Signed transfers (and, with `reads_per_write`, public ticket reads after each) posted by
     client processes at `carbon-ledger serve --workers N` on `url` (a fresh SQLite file if None)."""
     from ledger.application import Registry
@@ -216,9 +215,9 @@ def run(*, seconds: float, procs: int, threads: int, workers: int, url: str | No
     per_thread = int(MAX_RATE_PER_THREAD * seconds)
     results, server_cpu = _serve_and_drive(
         url, keys, workers, d / "server.log", seconds,
-        f"{workers} workers; starting {procs} client processes ({client} HTTP)",
+        f"{workers} workers; starting {procs} client processes",
         lambda base: [{"base": base, "keys": str(keys), "per_thread": per_thread, "proc": p,
-                       "reads_per_write": reads_per_write, "client": client, "mode": "single",
+                       "reads_per_write": reads_per_write, "mode": "single",
                        "lanes": [[ln.exchange, ln.a, ln.b, ln.ticket_no]
                                  for ln in lanes[p * threads:(p + 1) * threads]]}
                       for p in range(procs)])
@@ -226,7 +225,7 @@ def run(*, seconds: float, procs: int, threads: int, workers: int, url: str | No
 
 
 def run_batch(*, seconds: float, threads: int, batch_size: int, workers: int = 1,
-              lanes_per_exchange: int = 8, client: str = "raw") -> dict[str, Any]:
+              lanes_per_exchange: int = 8) -> dict[str, Any]:
     """Signed batches of `batch_size` transfers (POST /v1/transfers/batch, one settle_batch
     command each) posted one after another by `threads` client threads in one process, each its
     own exchange with its own lanes, at `carbon-ledger serve` on a fresh SQLite file."""
@@ -256,9 +255,9 @@ def run_batch(*, seconds: float, threads: int, batch_size: int, workers: int = 1
 
     results, server_cpu = _serve_and_drive(
         url, keys, workers, d / "server.log", seconds,
-        f"{threads} client threads posting batches of {batch_size:,} ({client} HTTP)",
-        lambda base: [{"base": base, "keys": str(keys), "proc": 0, "client": client,
-                       "mode": "batch", "batch_size": batch_size,
+        f"{threads} client threads posting batches of {batch_size:,}",
+        lambda base: [{"base": base, "keys": str(keys), "proc": 0, "mode": "batch",
+                       "batch_size": batch_size,
                        "per_thread": MAX_BATCHES_PER_THREAD,
                        "lanes": [[ln.exchange, ln.a, ln.b, ln.ticket_no]
                                  for ln in lanes[:threads * lanes_per_exchange]]}])
@@ -404,19 +403,19 @@ def client(spec: dict[str, Any]) -> None:
     base = urlsplit(spec["base"])
     host = base.netloc
     batch = spec.get("mode") == "batch"
-    # (method, path, body, headers, the same request serialised)
-    prepared: list[list[tuple[str, str, bytes, dict[str, str], bytes]]] = []
+    prepared: list[list[bytes]] = []  # per thread, its requests serialised
     signed, t = 0, time.perf_counter()
     body_bytes = 0
 
-    def prepare(key: Any, name: str, actor: str, command_id: str, args: dict[str, Any]
-                ) -> tuple[str, str, bytes, dict[str, str], bytes]:
+    def prepare(key: Any, name: str, actor: str, command_id: str, args: dict[str, Any]) -> bytes:
+        nonlocal body_bytes
         body = canonical_json({"command": name, "actor": actor, "command_id": command_id,
                                "args": args})
+        body_bytes = len(body)
         method, path = path_for(name, args)
         headers = sign_request(key, method=method, path=path, body=body, created=int(time.time()))
         headers["Content-Type"] = "application/json"
-        return method, path, body, headers, serialise(method, path, host, headers, body)
+        return serialise(method, path, host, headers, body)
 
     if batch:
         # One client thread per exchange; its lanes are the spec's lanes of that exchange.
@@ -431,7 +430,6 @@ def client(spec: dict[str, Any]) -> None:
                 items = [next(stream)[1] for _ in range(spec["batch_size"])]
                 requests.append(prepare(key, "settle_batch", ex, f"batch/{ex}/H{i}",
                                         {"batch_id": f"H{i}", "transfers": items}))
-                body_bytes = len(requests[-1][2])
                 signed += 1
             prepared.append(requests)
     else:
@@ -449,41 +447,27 @@ def client(spec: dict[str, Any]) -> None:
     go = sys.stdin.readline().split()
     start, deadline = float(go[1]), float(go[2])
     out: list[dict[str, Any]] = [{} for _ in prepared]
-    use_httpx = spec.get("client") == "httpx"
 
     def worker(i: int) -> None:
         lat: list[float] = []
         errors: dict[str, int] = {}
         ok = 0
         reads = 0
-        ticket_path = f"/v1/tickets/{spec['lanes'][i][3]}"
-        read_raw = serialise("GET", ticket_path, host, {}, None)
-        if use_httpx:
-            import httpx
-
-            http = httpx.Client(base_url=spec["base"], timeout=SOCKET_TIMEOUT_S)
-
-            def send(method: str, path: str, body: bytes | None, headers: dict[str, str],
-                     raw: bytes) -> tuple[int, bytes]:
-                response = http.request(method, path, content=body, headers=headers)
-                return response.status_code, response.content
-        else:
-            conn = RawHTTP(base.hostname or "127.0.0.1", base.port or 80)
-            conn.connect()
-
-            def send(method: str, path: str, body: bytes | None, headers: dict[str, str],
-                     raw: bytes) -> tuple[int, bytes]:
-                return conn.request(raw)
+        reads_per_write = spec.get("reads_per_write", 0)
+        if reads_per_write:  # single transfers: thread i has lane i
+            read_raw = serialise("GET", f"/v1/tickets/{spec['lanes'][i][3]}", host, {}, None)
+        conn = RawHTTP(base.hostname or "127.0.0.1", base.port or 80)
+        conn.connect()
         exhausted = True
         time.sleep(max(0.0, start - time.time()))
         began = time.time()
-        for method, path, body, headers, raw in prepared[i]:
+        for raw in prepared[i]:
             if time.time() >= deadline:
                 exhausted = False
                 break
             t0 = time.perf_counter()
             try:
-                status, content = send(method, path, body, headers, raw)
+                status, content = conn.request(raw)
             except Exception as e:  # noqa: BLE001
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                 continue
@@ -491,9 +475,9 @@ def client(spec: dict[str, Any]) -> None:
             if 200 <= status < 300:
                 ok += 1
                 lat.append(ms)
-                for _ in range(spec.get("reads_per_write", 0)):
+                for _ in range(reads_per_write):
                     try:
-                        read_status, read_body = send("GET", ticket_path, None, {}, read_raw)
+                        read_status, read_body = conn.request(read_raw)
                         if read_status == 200:
                             reads += 1
                         else:
@@ -506,10 +490,7 @@ def client(spec: dict[str, Any]) -> None:
                 errors[code] = errors.get(code, 0) + 1
         out[i] = {"lat": lat, "errors": errors, "ok": ok, "reads": reads, "began": began,
                   "ended": time.time(), "exhausted": exhausted}
-        if use_httpx:
-            http.close()
-        else:
-            conn.close()
+        conn.close()
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(len(prepared))]
     cpu0 = time.process_time()

@@ -489,18 +489,17 @@ class Auditor:
                             genesis = state.get(Genesis.id_for())  # type: ignore[assignment]
                             self._check_genesis(genesis, at, report)
                         report.commands += 1
-                        found = item.checkpoints
-                        k = 0
-                        while next_cp < len(checkpoints) and checkpoints[next_cp][0] <= at:
+                        # The front listed every checkpoint up to this command, in order:
+                        # None for one that does not end here.
+                        for found in item.checkpoints:
                             size, body, signature = checkpoints[next_cp]
-                            if size != at:
+                            if found is None:
                                 raise _Stop(size, f"the checkpoint at size {size} does not end at a "
                                             "command boundary")
                             assert genesis is not None
                             prev_cp = self._check_checkpoint(
-                                body, signature, size, found[k], commitment, prev_cp, genesis,
+                                body, signature, size, found, commitment, prev_cp, genesis,
                                 state, cosignatures.get(size, []), sigs, report)
-                            k += 1
                             next_cp += 1
                     elif kind is Progress:
                         report.records = item.position
@@ -666,11 +665,10 @@ class Auditor:
         return a == got or _plain(a) == _plain(got)
 
     def _check_checkpoint(self, body: bytes, signature: bytes, size: int,
-                          found: tuple[bytes, bytes | None, Any] | None,
+                          found: tuple[bytes, bytes | None, Any],
                           commitment: AuditCommitment, prev: Checkpoint | None, genesis: Genesis,
                           state: dict[UUID, LedgerAggregate], cosigs: list[tuple[str, str, bytes]],
                           sigs: SignatureBatcher, report: AuditReport) -> Checkpoint:
-        assert found is not None  # the front found this checkpoint at this command
         root, chain, proof = found
         if chain is None:  # a size listed twice: its chain value went to the first
             raise KeyError(size)

@@ -55,7 +55,7 @@ from ledger.audit_front import (
     Stop,
     run_inline,
 )
-from ledger.audit_state import AuditCommitment, TicketInvariants
+from ledger.audit_state import AuditCommitment, TicketInvariants, TreeProcess
 from ledger.authentication import SignatureJob, authenticate
 from ledger.checkpoints import COSIGNATURE_PREFIX, Checkpoint, b64
 from ledger.handlers import Handlers, UnitOfWork
@@ -65,6 +65,7 @@ from ledger.transcoder import MsgpackTranscoder
 EXPORT_FORMAT = "carbon-ledger-export/1"
 BATCH = 5000
 SIGNATURE_CHUNK = 2000
+STATE_MISMATCH = "its state commitment does not match the replayed state"
 
 
 class LogSource(Protocol):
@@ -478,6 +479,9 @@ class Auditor:
         genesis: Genesis | None = None
         at = 0  # the position the replay has reached (the tree's size, had it been built here)
         front, items = self._front(source, total, checkpoints)
+        if self.used_reader_process and checkpoints:
+            # the checkpoints' state commitments are checked in a process of their own too
+            commitment.tree = TreeProcess()
         try:
             try:
                 for item in items:
@@ -526,7 +530,14 @@ class Auditor:
                     at = stop.tree_size
             failures = sigs.finish()
             report.root = b64(front.root_at(at))
+            report.state_root = b64(commitment.root())
+            if isinstance(commitment.tree, TreeProcess):
+                failures += [(size, f"checkpoint at size {size}: {STATE_MISMATCH}")
+                             for size in commitment.tree.mismatches()]
+                failures.sort()
         finally:
+            if isinstance(commitment.tree, TreeProcess):
+                commitment.tree.close()
             sigs.close()
             if isinstance(front, FrontProcess):
                 front.close()
@@ -536,7 +547,6 @@ class Auditor:
             if report.failure is None or pos <= report.failure.position:
                 report.failure = Failure(pos, what)
         report.ok = report.failure is None
-        report.state_root = b64(commitment.root())
         if genesis is not None:
             report.origin, report.operator_key = genesis.origin, genesis.operator_key
         if not report.operator_key_pinned:
@@ -683,8 +693,8 @@ class Auditor:
             raise _Stop(size, f"{where}: its root does not match the log's records")
         if cp.chain != chain:
             raise _Stop(size, f"{where}: its chain value does not match the log's")
-        if cp.state_root != commitment.root():
-            raise _Stop(size, f"{where}: its state commitment does not match the replayed state")
+        if not commitment.matches(cp.state_root, size):
+            raise _Stop(size, f"{where}: {STATE_MISMATCH}")
         if prev is not None:
             if cp.time < prev.time:
                 raise _Stop(size, f"{where} is dated before the checkpoint at size {prev.size}")

@@ -21,10 +21,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import pickle
+import signal
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from json.encoder import encode_basestring as _string
+from multiprocessing import get_context
 from typing import Any
 from uuid import UUID
 
@@ -148,8 +152,9 @@ class AuditCommitment:
         self._tickets: dict[str, tuple[tuple[Any, ...], str, str]] = {}
         self._fast = True
         self.tickets = tickets
-        self._levels: list[list[bytes]] = [[]]  # the tree over the leaves, as at the last root
         self._lowest_new: str | None = None  # the lowest key added since the last root
+        self._inserted: list[int] = []  # where new keys went since the last root, in order
+        self.tree: LeafTree | TreeProcess = LeafTree()  # the tree over the leaves
 
     def touch(self, agg: LedgerAggregate) -> None:
         """Note that an aggregate changed; its leaf is recomputed at the next root()."""
@@ -164,6 +169,7 @@ class AuditCommitment:
             at = bisect_left(self._keys, key)
             self._keys.insert(at, key)
             self._leaves.insert(at, b"")  # hashed at the next refresh: the key is dirty
+            self._inserted.append(at)
             if self._lowest_new is None or key < self._lowest_new:
                 self._lowest_new = key
         self._aggregates[key] = agg
@@ -224,16 +230,127 @@ class AuditCommitment:
                 self.tickets.set_parts(t, parts)
         return (before + ",".join(parts) + after).encode()
 
-    def root(self) -> bytes:
-        """merkle.root over the leaves in key order, rehashing only the paths of the leaves that changed
-        and, after the lowest key added since the last root, everything (the leaves moved)."""
-        start = len(self._levels[0]) if self._lowest_new is None else bisect_left(
+    def _changes(self) -> tuple[list[int], list[tuple[int, bytes]], int]:
+        """What changed since the last call, for the tree: the positions where keys were
+        inserted (in order), the leaves rehashed (position, hash), and the lowest position of a
+        key added (leaves from there on moved)."""
+        start = len(self._leaves) if self._lowest_new is None else bisect_left(
             self._keys, self._lowest_new)
         self._lowest_new = None
         changed = self._refresh()
-        _rehash(self._levels, self._leaves, changed, start)
-        size = len(self._leaves)
-        return merkle._range_hash(self._levels, 0, size) if size else merkle.EMPTY_ROOT
+        leaves = self._leaves
+        inserted, self._inserted = self._inserted, []
+        return inserted, [(at, leaves[at]) for at in changed], start
+
+    def root(self) -> bytes:
+        """merkle.root over the leaves in key order, rehashing only the paths of the leaves that changed
+        and, after the lowest key added since the last root, everything (the leaves moved)."""
+        return self.tree.root(*self._changes())
+
+    def matches(self, expected: bytes, size: int) -> bool:
+        """Whether the root is `expected` (the state commitment of the checkpoint at `size`).
+        A tree in a process of its own answers later (`TreeProcess.finish`): True here."""
+        return self.tree.matches(expected, size, *self._changes())
+
+
+class LeafTree:
+    """The stored levels of complete subtrees over the commitment's leaves, kept up to date."""
+
+    def __init__(self) -> None:
+        self.leaves: list[bytes] = []
+        self.levels: list[list[bytes]] = [[]]
+
+    def update(self, inserted: list[int], changed: list[tuple[int, bytes]], start: int) -> None:
+        leaves = self.leaves
+        for at in inserted:
+            leaves.insert(at, b"")
+        for at, leaf in changed:
+            leaves[at] = leaf
+        _rehash(self.levels, leaves, [at for at, _ in changed], start)
+
+    def root(self, inserted: list[int], changed: list[tuple[int, bytes]], start: int) -> bytes:
+        self.update(inserted, changed, start)
+        size = len(self.leaves)
+        return merkle._range_hash(self.levels, 0, size) if size else merkle.EMPTY_ROOT
+
+    def matches(self, expected: bytes, size: int, inserted: list[int],
+                changed: list[tuple[int, bytes]], start: int) -> bool:
+        return self.root(inserted, changed, start) == expected
+
+
+class TreeProcess:
+    """A LeafTree in a process of its own, forked from this one, that checks each checkpoint's
+    state commitment while the audit replays on: rehashing the leaves that moved (every key
+    after a new one) is a checkpoint's largest cost. `matches` sends the changes and returns
+    True; `finish` returns the final root and the sizes whose commitment did not match."""
+
+    def __init__(self) -> None:
+        ctx = get_context("fork")
+        self._answers, answers_w = ctx.Pipe(duplex=False)
+        requests_r, self._requests = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_tree_main, name="carbon-ledger-audit-commitment",
+                                 args=(requests_r, answers_w, (self._answers, self._requests)),
+                                 daemon=True)
+        self._proc.start()
+        answers_w.close()
+        requests_r.close()
+        self._final: tuple[bytes, list[int]] | None = None
+
+    def matches(self, expected: bytes, size: int, inserted: list[int],
+                changed: list[tuple[int, bytes]], start: int) -> bool:
+        self._requests.send_bytes(pickle.dumps(("update", inserted, changed, start, expected, size),
+                                               protocol=pickle.HIGHEST_PROTOCOL))
+        return True
+
+    def root(self, inserted: list[int], changed: list[tuple[int, bytes]], start: int) -> bytes:
+        if self._final is None:
+            self._requests.send_bytes(pickle.dumps(("finish", inserted, changed, start),
+                                                   protocol=pickle.HIGHEST_PROTOCOL))
+            try:
+                self._final = pickle.loads(self._answers.recv_bytes())
+            except EOFError:
+                raise RuntimeError("the audit's commitment process ended unexpectedly (exit code "
+                                   f"{self._proc.exitcode})") from None
+        elif inserted or changed:
+            raise RuntimeError("the commitment changed after the audit's last root")
+        return self._final[0]
+
+    def mismatches(self) -> list[int]:
+        """The sizes of the checkpoints whose state commitment did not match (after root())."""
+        assert self._final is not None
+        return self._final[1]
+
+    def close(self) -> None:
+        for conn in (self._requests, self._answers):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+
+
+def _tree_main(requests: Any, answers: Any, parents_ends: tuple[Any, ...]) -> None:
+    for conn in parents_ends:
+        conn.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the audit's own process handles ^C
+    gc.disable()
+    tree = LeafTree()
+    mismatched: list[int] = []
+    try:
+        while True:
+            message = pickle.loads(requests.recv_bytes())
+            if message[0] == "update":
+                _, inserted, changed, start, expected, size = message
+                if not tree.matches(expected, size, inserted, changed, start):
+                    mismatched.append(size)
+            else:
+                _, inserted, changed, start = message
+                answers.send_bytes(pickle.dumps((tree.root(inserted, changed, start), mismatched)))
+    except (EOFError, OSError):
+        return
 
 
 def _rehash(levels: list[list[bytes]], leaves: list[bytes], changed: list[int],

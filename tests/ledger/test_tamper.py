@@ -415,6 +415,27 @@ def test_checkpoint_inconsistent_with_the_earlier_one_is_named(db: Path, demo_db
     assert "root does not match" in what or "not consistent" in what
 
 
+def test_checkpoint_with_another_state_commitment_is_named(db: Path, demo_db: Demo) -> None:
+    """The log's root and chain are right and the operator signed it, but the state it commits
+    to is not the state the log replays to (say, a pledge shown active that was released)."""
+    size = demo_db.positions["claim/CLM-2022-001/approve"]
+    app = Registry(url(db), keyring=demo_db.keyring, auto_checkpoint=False)
+    try:
+        chain = app.recorder.select_records(size, 1, stop=size)[0].chain
+        honest = Checkpoint.parse(app.recorder.select_checkpoints()[0][1])
+        other_state = app.projection(as_of=size - 1).commitment.root()
+        assert other_state != app.projection(as_of=size).commitment.root()
+        lying = Checkpoint(honest.origin, size, app.log_tree(size).root_at(size), chain,
+                           other_state, honest.time)
+        app.recorder.insert_checkpoint(size, lying.body(), demo_db.keyring.get("registry").sign(
+            lying.body()))
+    finally:
+        app.close()
+    at, what = failure(audit(db, demo_db.operator_key))
+    assert (at, what) == (size, f"checkpoint at size {size}: its state commitment does not match "
+                          "the replayed state")
+
+
 def test_checkpoint_off_a_command_boundary_is_named(con: sqlite3.Connection, db: Path,
                                                     demo_db: Demo) -> None:
     size = demo_db.positions["pledge/PL-2021-001"] - 1

@@ -50,7 +50,7 @@ class Ticket(LedgerAggregate):
         self.quantity_t = quantity_t
         self.issuer = issuer
         self.owner = owner
-        self.blocks: list[B.Block] = [(1, quantity_t, owner, AVAILABLE, "")]
+        self.blocks: list[B.Block] = [(1, quantity_t, B.interned(owner), AVAILABLE, "")]
 
     @classmethod
     def issue(cls, *, actor: str, command_id: str, ticket_no: str, **fields) -> Ticket:

@@ -25,6 +25,7 @@ import gc
 import json
 import pickle
 import signal
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from json.encoder import encode_basestring as _string
@@ -42,37 +43,44 @@ _FAR = 1 << 62
 
 
 class TicketInvariants:
-    """Each ticket's blocks as last verified, and their JSON for the state commitment."""
+    """Each ticket's blocks as last verified, and their JSON for the state commitment.
+
+    The JSON is kept as one string of every block's JSON followed by a comma, with the length
+    of each block's part in an array beside it: a command rewrites the part of the string
+    between the blocks it touched (string slices are copied whole, in C), and the commitment's
+    leaf is that string with the ticket's other fields around it."""
 
     def __init__(self) -> None:
-        # ticket id -> (its blocks when last verified, its quantity, each block's JSON or None)
-        self._verified: dict[UUID, tuple[list[Any], Any, list[str] | None]] = {}
+        # ticket id -> (its blocks when last verified, its quantity, the blocks' JSON and the
+        # length of each block's part of it, or None when not known yet)
+        self._verified: dict[UUID, tuple[list[Any], Any, tuple[str, array[int]] | None]] = {}
 
     def check(self, ticket: Ticket, events: Sequence[Any]) -> None:
         """Raise AssertionError (the ticket's own) if the ticket's invariants do not hold."""
         blocks = ticket.blocks
         seen = self._verified.get(ticket.id)
-        parts = None if seen is None else self._changed_part_holds(seen, blocks, ticket.quantity_t,
+        known = None if seen is None else self._changed_part_holds(seen, blocks, ticket.quantity_t,
                                                                    events)
-        if parts is None:
+        if known is None:
             ticket.check_invariants()
-        self._verified[ticket.id] = (list(blocks), ticket.quantity_t, parts)
+        self._verified[ticket.id] = (list(blocks), ticket.quantity_t, known or None)
 
-    def verified(self, ticket: Ticket) -> tuple[list[Any], list[str] | None] | None:
+    def verified(self, ticket: Ticket) -> tuple[list[Any], tuple[str, array[int]] | None] | None:
         """The ticket's blocks as last verified, with their JSON (None where not known yet)."""
         seen = self._verified.get(ticket.id)
         return None if seen is None else (seen[0], seen[2])
 
-    def set_parts(self, ticket: Ticket, parts: list[str]) -> None:
+    def set_json(self, ticket: Ticket, json: tuple[str, array[int]]) -> None:
         seen = self._verified[ticket.id]
-        self._verified[ticket.id] = (seen[0], seen[1], parts)
+        self._verified[ticket.id] = (seen[0], seen[1], json)
 
     @staticmethod
-    def _changed_part_holds(seen: tuple[list[Any], Any, list[str] | None], blocks: list[Any],
-                            quantity: Any, events: Sequence[Any]) -> list[str] | None:
-        """The blocks' JSON if the blocks are shown to satisfy the invariants (a list with None
-        in it when there was no JSON to start from); None means: check them all."""
-        old, old_quantity, old_parts = seen
+    def _changed_part_holds(seen: tuple[list[Any], Any, tuple[str, array[int]] | None],
+                            blocks: list[Any], quantity: Any,
+                            events: Sequence[Any]) -> tuple[str, array[int]] | tuple[()] | None:
+        """The blocks' JSON if the blocks are shown to satisfy the invariants (an empty tuple
+        when there was no JSON to start from); None means: check them all."""
+        old, old_quantity, old_json = seen
         try:
             if old_quantity != quantity or type(quantity) is not int or not events:
                 return None
@@ -108,22 +116,24 @@ class TicketInvariants:
                     return None
             elif expected != quantity + 1:
                 return None
-            if old_parts is None:
-                return [None] * len(blocks)  # type: ignore[list-item]
-            # Blocks in between that are the very same objects as before keep their JSON (the
-            # old list holds them, so their ids cannot have been reused).
-            known = dict(zip(map(id, old[p:q_old + 1]), old_parts[p:q_old + 1], strict=True))
-            mid = list(map(known.get, map(id, middle)))
-            if None in mid:
-                for n, text in enumerate(mid):
-                    if text is None:
-                        mid[n] = _block_json(middle[n])
-            parts = old_parts[:p]
-            parts.extend(mid)
-            parts.extend(old_parts[q_old + 1:])
-            return parts
+            if old_json is None:
+                return ()
+            text, lengths = old_json
+            parts = [_block_json(b) + "," for b in middle]
+            start = sum(lengths[:p])
+            end = start + sum(lengths[p:q_old + 1])
+            new_lengths = lengths[:p]
+            new_lengths.extend(map(len, parts))
+            new_lengths.extend(lengths[q_old + 1:])
+            return text[:start] + "".join(parts) + text[end:], new_lengths
         except Exception:
             return None
+
+
+def blocks_json(blocks: Sequence[Any]) -> tuple[str, array[int]]:
+    """Every block's JSON followed by a comma, and the length of each block's part."""
+    parts = [_block_json(b) + "," for b in blocks]
+    return "".join(parts), array("q", map(len, parts))
 
 
 def _dumps(value: Any) -> str:
@@ -217,18 +227,14 @@ class AuditCommitment:
             _, before, after = cached
         seen = self.tickets.verified(t)
         current = seen is not None and seen[0] == blocks
-        parts: list[Any] | None = None
         if current and seen[1] is not None:
-            parts = seen[1]
-            if None in parts:
-                for n, text in enumerate(parts):
-                    if text is None:
-                        parts[n] = _block_json(blocks[n])
+            text = seen[1][0]
         else:
-            parts = [_block_json(b) for b in blocks]
+            made = blocks_json(blocks)
+            text = made[0]
             if current:
-                self.tickets.set_parts(t, parts)
-        return (before + ",".join(parts) + after).encode()
+                self.tickets.set_json(t, made)
+        return (before + text[:-1] + after).encode()
 
     def _changes(self) -> tuple[list[int], list[tuple[int, bytes]], int]:
         """What changed since the last call, for the tree: the positions where keys were

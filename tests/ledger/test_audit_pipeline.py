@@ -326,3 +326,18 @@ def test_a_state_without_its_time_is_what_encoding_it_without_the_time_gives(
     assert _without_time(state, keys) == codec.encode(without)
     assert _without_time(state, keys + 1) is None  # another number of pairs than decoded
     assert _without_time(codec.encode({"a": 1, "timestamp": when}), 2) is None  # not first
+
+
+def test_a_trade_kept_only_as_a_taken_id_is_still_refused_when_settled_again() -> None:
+    """The replay keeps of a settled trade only that its id is taken (audit._SETTLED): a
+    second settlement under that id must still fail the rules, as against the whole trade."""
+    from domain.errors import DomainError
+    from domain.trade import Trade
+    from ledger.handlers import UnitOfWork
+
+    taken = Trade.id_for("shaxian-exchange", "T-1")
+    uow = UnitOfWork({taken: audit_module._SETTLED}.get)
+    with pytest.raises(DomainError) as refused:
+        uow.absent(Trade, taken, "trade T-1 of shaxian-exchange")
+    assert refused.value.code == "already_exists"
+    uow.absent(Trade, Trade.id_for("shaxian-exchange", "T-2"), "trade T-2 of shaxian-exchange")

@@ -7,8 +7,8 @@
   blocks last verified (one list comparison, in C), so checking the rest block by block gives
   the same verdict as checking them all. Whenever that cannot be shown, or something is wrong,
   the ticket's own `check_invariants()` runs over every block and raises its own message.
-  Beside the blocks it keeps each block's JSON for the state commitment, re-encoding only the
-  blocks it checked.
+  Beside the blocks it keeps their JSON for the state commitment, as one string re-encoded
+  only between the blocks it checked.
 
 * `AuditCommitment` is `ledger.commitments.StateCommitment` for the audit: the same leaves and
   root (kept as a tree whose paths are rehashed only where leaves changed or moved), but a
@@ -16,7 +16,8 @@
   the blocks it verified are (still) the ticket's blocks; otherwise every block is encoded. The
   first ticket leaf of every refresh is also written the ordinary way (`commitments.entry` and
   canonical JSON) and compared, so any difference in the encoding turns the shortcut off for the
-  rest of the audit.
+  rest of the audit. The tree is a `LeafTree` here, or a `TreeProcess` (the same tree in a
+  process of its own, which checks each checkpoint's root while the replay goes on).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from functools import cache, lru_cache
+from hashlib import sha1
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import NAMESPACE_URL, UUID, SafeUUID, uuid5
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
@@ -16,7 +17,26 @@ NAMESPACE = uuid5(NAMESPACE_URL, "urn:carbon-ledger:registry")
 @lru_cache(maxsize=100_000)
 def aggregate_id(kind: str, *key: str) -> UUID:
     """Deterministic aggregate ids, so that a natural key maps to one stream and duplicates collide."""
-    return uuid5(NAMESPACE, "/".join((kind, *key)))
+    return name_uuid("/".join((kind, *key)))
+
+
+_NAMESPACE_BYTES = NAMESPACE.bytes
+_VERSION_5 = 5 << 76  # the version field: 0101 in bits 76-79
+_VARIANT_RFC = 0x8000 << 48  # the variant field: 10 in bits 62-63
+_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_new = object.__new__
+_set = object.__setattr__
+
+
+def name_uuid(name: str) -> UUID:
+    """uuid.uuid5(NAMESPACE, name), made without UUID.__init__'s argument checks (half the
+    time; a trade id is a new name for every trade)."""
+    digest = sha1(_NAMESPACE_BYTES + name.encode()).digest()
+    value = (int.from_bytes(digest[:16], "big") & _CLEAR) | _VERSION_5 | _VARIANT_RFC
+    made = _new(UUID)
+    _set(made, "int", value)
+    _set(made, "is_safe", SafeUUID.unknown)
+    return made
 
 
 def _clone(value: Any) -> Any:

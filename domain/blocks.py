@@ -9,8 +9,8 @@ and canonical state.
 from __future__ import annotations
 
 from bisect import bisect_right
-from sys import intern
 from collections.abc import Iterable, Sequence
+from sys import intern
 
 Block = tuple[int, int, str, str, str]
 Range = tuple[int, int]

@@ -36,6 +36,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3  # verify could not run to its end: one of the audit's processes failed
 
 
 def _print_json(data: Any) -> None:
@@ -426,9 +427,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if pub.exists():
             pinned = pub.read_text(encoding="ascii").strip()
     bar, update = _audit_progress("verifying")
-    with bar:
-        report = audit_database(app.recorder, pinned, args.workers, update)
+    try:
+        with bar:
+            report = audit_database(app.recorder, pinned, args.workers, update)
+    except RuntimeError as e:
+        return _audit_incomplete(e, args.json)
     return _print_audit(report, args.json)
+
+
+def _audit_incomplete(e: RuntimeError, as_json: bool) -> int:
+    """An audit that could not finish (a reader, signature or commitment process failed): no
+    verdict either way."""
+    what = f"the audit did not finish, so nothing is verified: {e}"
+    if as_json:
+        _print_json({"error": {"code": "audit_incomplete", "message": what}})
+    err.print(f"[red]error[/] audit_incomplete: {what}")
+    return EXIT_INCOMPLETE
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -446,8 +460,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify_export(args: argparse.Namespace) -> int:
     bar, update = _audit_progress("verifying export")
-    with bar:
-        report = audit_export(Path(args.file), args.operator_key, args.workers, update)
+    try:
+        with bar:
+            report = audit_export(Path(args.file), args.operator_key, args.workers, update)
+    except RuntimeError as e:
+        return _audit_incomplete(e, args.json)
     return _print_audit(report, args.json)
 
 

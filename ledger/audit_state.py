@@ -305,22 +305,30 @@ class TreeProcess:
 
     def matches(self, expected: bytes, size: int, inserted: list[int],
                 changed: list[tuple[int, bytes]], start: int) -> bool:
-        self._requests.send_bytes(pickle.dumps(("update", inserted, changed, start, expected, size),
-                                               protocol=pickle.HIGHEST_PROTOCOL))
+        self._send(("update", inserted, changed, start, expected, size))
         return True
 
     def root(self, inserted: list[int], changed: list[tuple[int, bytes]], start: int) -> bytes:
         if self._final is None:
-            self._requests.send_bytes(pickle.dumps(("finish", inserted, changed, start),
-                                                   protocol=pickle.HIGHEST_PROTOCOL))
+            self._send(("finish", inserted, changed, start))
             try:
                 self._final = pickle.loads(self._answers.recv_bytes())
-            except EOFError:
-                raise RuntimeError("the audit's commitment process ended unexpectedly (exit code "
-                                   f"{self._proc.exitcode})") from None
+            except (EOFError, OSError):
+                self._gone()
         elif inserted or changed:
             raise RuntimeError("the commitment changed after the audit's last root")
         return self._final[0]
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self._requests.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:  # BrokenPipeError: it is gone
+            self._gone()
+
+    def _gone(self) -> None:
+        self._proc.join(timeout=1)
+        raise RuntimeError("the audit's commitment process ended unexpectedly (exit code "
+                           f"{self._proc.exitcode})") from None
 
     def mismatches(self) -> list[int]:
         """The sizes of the checkpoints whose state commitment did not match (after root())."""

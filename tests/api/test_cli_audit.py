@@ -203,6 +203,22 @@ def test_verify_of_a_tampered_database_names_the_position(demo_cli: CLI) -> None
     assert not report["ok"] and report["failure"]["position"] == position
 
 
+def test_verify_that_cannot_finish_says_so_with_its_own_exit_status(
+        demo_cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    import api.cli
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the audit's commitment process ended unexpectedly (exit code -9)")
+
+    monkeypatch.setattr(api.cli, "audit_database", broken)
+    result = demo_cli("verify")
+    assert result.code == 3, result
+    assert "audit_incomplete" in result.err and "exit code -9" in result.err
+    assert "nothing is verified" in result.err
+    body = json.loads(demo_cli("verify", "--json").out)
+    assert body["error"]["code"] == "audit_incomplete"
+
+
 def test_verify_with_another_pinned_operator_key_fails(demo_cli: CLI) -> None:
     other = demo_cli.raw("keygen", "stranger", "--keys", str(demo_cli.folder / "other-keys"))
     stranger = other.out.strip().splitlines()[-1]

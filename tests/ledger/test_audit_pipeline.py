@@ -12,7 +12,9 @@ with the domain's own code.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
+import signal
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -194,6 +196,31 @@ def test_an_audit_stopped_by_its_progress_callback_leaves_no_process(
             audit_database(app.recorder, key, workers=2, progress=progress)
     finally:
         app.close()
+    assert not multiprocessing.active_children()
+
+
+def test_a_commitment_process_that_dies_fails_the_audit_clearly(
+        long_log: tuple[Path, str, int]) -> None:
+    """Killed mid-audit, the process that checks the state commitments makes the audit fail
+    with a sentence, not a broken pipe, and leaves no process behind."""
+    path, key, _ = long_log
+    killed: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if not killed:
+            for child in multiprocessing.active_children():
+                if child.name == "carbon-ledger-audit-commitment":
+                    os.kill(child.pid, signal.SIGKILL)
+                    child.join(5)
+                    killed.append(child.pid)
+
+    app = Registry(url(path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        with pytest.raises(RuntimeError, match="commitment process ended unexpectedly"):
+            audit_database(app.recorder, key, workers=2, progress=progress)
+    finally:
+        app.close()
+    assert killed
     assert not multiprocessing.active_children()
 
 

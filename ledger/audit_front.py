@@ -46,6 +46,7 @@ from ledger.signing import Signature, SignedCommand, parse_canonical
 from ledger.transcoder import MsgpackTranscoder
 
 CHUNK_RECORDS = 1000  # records' worth of items per message from the reader process
+PIPE_BYTES = 1 << 20  # the room asked for in the pipe the items come through
 _KEY_EVENTS = (Participant.Registered, Participant.KeyRotated)
 _DROP = ("timestamp", "originator_id", "originator_version")
 
@@ -415,6 +416,18 @@ def _picklable(e: BaseException) -> BaseException:
                             + "".join(traceback.format_exception(e)))
 
 
+def widen(conn: Any) -> None:
+    """Give a pipe room for a whole chunk of items (about half a megabyte), so that the reader
+    writes it in one go and the replay reads it without waiting for the writer to be scheduled
+    again for every 64 KiB. Linux only; elsewhere, or over the system's limit, it stays as is."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 class FrontProcess:
     """The front stage in a reader process of its own, forked from this one.
 
@@ -424,6 +437,7 @@ class FrontProcess:
     def __init__(self, source: Any, checkpoints: list[tuple[int, bytes, bytes]]) -> None:
         ctx = get_context("fork")
         self._data, data_w = ctx.Pipe(duplex=False)
+        widen(data_w)
         ctrl_r, self._ctrl = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_reader_main, name="carbon-ledger-audit-reader",
                                  args=(source, checkpoints, data_w, ctrl_r,

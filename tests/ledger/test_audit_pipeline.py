@@ -368,3 +368,20 @@ def test_a_trade_kept_only_as_a_taken_id_is_still_refused_when_settled_again() -
         uow.absent(Trade, taken, "trade T-1 of shaxian-exchange")
     assert refused.value.code == "already_exists"
     uow.absent(Trade, Trade.id_for("shaxian-exchange", "T-2"), "trade T-2 of shaxian-exchange")
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="Linux pipes only")
+def test_the_readers_pipe_holds_a_whole_chunk() -> None:
+    """The reader writes a chunk of items (about 600 KB at 1M) in one go: its pipe is widened."""
+    import fcntl
+
+    from ledger.audit_front import PIPE_BYTES, widen
+
+    reading, writing = multiprocessing.Pipe(duplex=False)
+    try:
+        before = fcntl.fcntl(writing.fileno(), fcntl.F_GETPIPE_SZ)
+        widen(writing)
+        assert fcntl.fcntl(writing.fileno(), fcntl.F_GETPIPE_SZ) >= max(PIPE_BYTES, before)
+    finally:
+        reading.close()
+        writing.close()

@@ -163,7 +163,7 @@ def sign_request(key: Ed25519PrivateKey, *, method: str, path: str, query: str =
                  body: bytes | None = None, created: int,
                  consents: list[Ed25519PrivateKey] | None = None) -> dict[str, str]:
     """Headers for a signed request: Content-Digest (with a body), Signature-Input, Signature."""
-    kid = K.key_id(K.public_text(key))
+    kid = K.signing_key_id(key)
     headers: dict[str, str] = {}
     inputs: list[str] = []
     sigs: list[str] = []
@@ -182,7 +182,7 @@ def sign_request(key: Ed25519PrivateKey, *, method: str, path: str, query: str =
     sigs.append(f"sig1=:{base64.b64encode(key.sign(base.encode())).decode()}:")
     for i, consent_key in enumerate(consents or [], start=2):
         assert body is not None
-        ckid = K.key_id(K.public_text(consent_key))
+        ckid = K.signing_key_id(consent_key)
         cparams = signature_params(CONSENT_COMPONENTS, created=created, keyid=ckid,
                                    nonce=secrets.token_urlsafe(16), tag=CONSENT_TAG)
         cbase = signature_base({"content-digest": headers["Content-Digest"]}, cparams)

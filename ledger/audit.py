@@ -541,13 +541,10 @@ class Auditor:
             failures = sigs.finish()
             report.root = b64(front.root_at(at))
             report.state_root = b64(commitment.root())
-            if isinstance(commitment.tree, TreeProcess):
-                failures += [(size, f"checkpoint at size {size}: {STATE_MISMATCH}")
-                             for size in commitment.tree.mismatches()]
-                failures.sort()
+            failures = sorted(failures + [(size, f"checkpoint at size {size}: {STATE_MISMATCH}")
+                                          for size in commitment.tree.mismatches()])
         finally:
-            if isinstance(commitment.tree, TreeProcess):
-                commitment.tree.close()
+            commitment.tree.close()
             sigs.close()
             if isinstance(front, FrontProcess):
                 front.close()

@@ -120,13 +120,13 @@ class TicketInvariants:
             if old_json is None:
                 return ()
             text, lengths = old_json
-            parts = [_block_json(b) + "," for b in middle]
+            middle_text, middle_lengths = blocks_json(middle)
             start = sum(lengths[:p])
             end = start + sum(lengths[p:q_old + 1])
             new_lengths = lengths[:p]
-            new_lengths.extend(map(len, parts))
+            new_lengths.extend(middle_lengths)
             new_lengths.extend(lengths[q_old + 1:])
-            return text[:start] + "".join(parts) + text[end:], new_lengths
+            return text[:start] + middle_text + text[end:], new_lengths
         except Exception:
             return None
 
@@ -156,14 +156,12 @@ class AuditCommitment:
     def __init__(self, tickets: TicketInvariants) -> None:
         self._aggregates: dict[str, LedgerAggregate] = {}
         self._keys: list[str] = []  # sorted
-        self._leaves: list[bytes] = []  # their leaf hashes, in the same order
         self._dirty: set[str] = set()
         self._committed: dict[type, bool] = {}
         # ticket key -> (its fields but the blocks, the JSON before and after the blocks)
         self._tickets: dict[str, tuple[tuple[Any, ...], str, str]] = {}
         self._fast = True
         self.tickets = tickets
-        self._lowest_new: str | None = None  # the lowest key added since the last root
         self._inserted: list[int] = []  # where new keys went since the last root, in order
         self.tree: LeafTree | TreeProcess = LeafTree()  # the tree over the leaves
 
@@ -178,18 +176,15 @@ class AuditCommitment:
             return
         if key not in self._aggregates:
             at = bisect_left(self._keys, key)
-            self._keys.insert(at, key)
-            self._leaves.insert(at, b"")  # hashed at the next refresh: the key is dirty
+            self._keys.insert(at, key)  # its leaf is hashed at the next refresh: it is dirty
             self._inserted.append(at)
-            if self._lowest_new is None or key < self._lowest_new:
-                self._lowest_new = key
         self._aggregates[key] = agg
         self._dirty.add(key)
 
-    def _refresh(self) -> list[int]:
-        """Hash the leaves of the aggregates touched since the last refresh; their positions."""
+    def _refresh(self) -> list[tuple[int, bytes]]:
+        """Hash the leaves of the aggregates touched since the last refresh: (position, hash)."""
         checked = False
-        keys, leaves = self._keys, self._leaves
+        keys = self._keys
         changed = []
         for key in self._dirty:
             agg = self._aggregates[key]
@@ -206,9 +201,7 @@ class AuditCommitment:
                 found = entry(agg)
                 assert found is not None
                 data = leaf_bytes(key, found[1])
-            at = bisect_left(keys, key)
-            leaves[at] = merkle.leaf_hash(data)
-            changed.append(at)
+            changed.append((bisect_left(keys, key), merkle.leaf_hash(data)))
         self._dirty.clear()
         return changed
 
@@ -240,14 +233,10 @@ class AuditCommitment:
     def _changes(self) -> tuple[list[int], list[tuple[int, bytes]], int]:
         """What changed since the last call, for the tree: the positions where keys were
         inserted (in order), the leaves rehashed (position, hash), and the lowest position of a
-        key added (leaves from there on moved)."""
-        start = len(self._leaves) if self._lowest_new is None else bisect_left(
-            self._keys, self._lowest_new)
-        self._lowest_new = None
-        changed = self._refresh()
-        leaves = self._leaves
+        key added, from which on the leaves moved (the lowest position an insert was made at:
+        a later insert below a new key moves that key up, never down)."""
         inserted, self._inserted = self._inserted, []
-        return inserted, [(at, leaves[at]) for at in changed], start
+        return inserted, self._refresh(), min(inserted, default=len(self._keys))
 
     def root(self) -> bytes:
         """merkle.root over the leaves in key order, rehashing only the paths of the leaves that changed
@@ -256,7 +245,7 @@ class AuditCommitment:
 
     def matches(self, expected: bytes, size: int) -> bool:
         """Whether the root is `expected` (the state commitment of the checkpoint at `size`).
-        A tree in a process of its own answers later (`TreeProcess.finish`): True here."""
+        A tree in a process of its own answers at the end (`mismatches`): True here."""
         return self.tree.matches(expected, size, *self._changes())
 
 
@@ -284,12 +273,20 @@ class LeafTree:
                 changed: list[tuple[int, bytes]], start: int) -> bool:
         return self.root(inserted, changed, start) == expected
 
+    def mismatches(self) -> list[int]:
+        """A tree in this process answers `matches` at once: nothing is left to report."""
+        return []
+
+    def close(self) -> None:
+        pass
+
 
 class TreeProcess:
     """A LeafTree in a process of its own, forked from this one, that checks each checkpoint's
     state commitment while the audit replays on: rehashing the leaves that moved (every key
     after a new one) is a checkpoint's largest cost. `matches` sends the changes and returns
-    True; `finish` returns the final root and the sizes whose commitment did not match."""
+    True; `root` returns the final root, and then `mismatches` the sizes whose commitment did
+    not match."""
 
     def __init__(self) -> None:
         ctx = get_context("fork")

@@ -60,6 +60,13 @@ def key_id(public: str | bytes) -> str:
     return hashlib.sha256(raw).digest()[:16].hex()
 
 
+@lru_cache(maxsize=256)  # the keys a process signs with are few, and kept by their keyring
+def signing_key_id(key: Ed25519PrivateKey) -> str:
+    """The key id of a private key's public key (deriving the public key is most of a
+    signature's cost in Python, so it is done once per key object)."""
+    return key_id(public_text(key))
+
+
 def verify(public: str | Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
     key = load_public(public) if isinstance(public, str) else public
     try:

@@ -195,14 +195,9 @@ class SignedCommand:
     path: str = COMMANDS_PATH
 
 
-@lru_cache(maxsize=256)  # the key objects a process signs with are few, and kept by their keyring
-def _key_id_of(key: Ed25519PrivateKey) -> str:
-    return K.key_id(K.public_text(key))
-
-
 def sign(key: Ed25519PrivateKey, signer: str, body: bytes, *, created: int, method: str = "POST",
          path: str = COMMANDS_PATH, consent: bool = False, nonce: str | None = None) -> Signature:
-    kid = _key_id_of(key)
+    kid = K.signing_key_id(key)
     nonce = nonce or secrets.token_urlsafe(16)
     if consent:
         values = {"content-digest": content_digest(body)}

@@ -647,10 +647,10 @@ class Auditor:
                             f"rules (expected {type(want).__qualname__} of version "
                             f"{want.originator_version})")
             i += 1
-        for agg, evs in per_aggregate:
+        for agg in changed:
             try:
                 if type(agg) is Ticket:
-                    tickets.check(agg, evs)
+                    tickets.check(agg)
                 else:
                     agg.check_invariants()
             except AssertionError as e:

@@ -3,12 +3,12 @@
 * `TicketInvariants` asserts a ticket's invariants (its blocks partition 1..quantity, in order;
   every state known; a ref exactly when the units are not available) after each command that
   changed it, exactly as `Ticket.check_invariants` does, but checks only the blocks the command
-  could have touched: the blocks outside the serials its events name must be *equal* to the
-  blocks last verified (one list comparison, in C), so checking the rest block by block gives
-  the same verdict as checking them all. Whenever that cannot be shown, or something is wrong,
-  the ticket's own `check_invariants()` runs over every block and raises its own message.
-  Beside the blocks it keeps their JSON for the state commitment, as one string re-encoded
-  only between the blocks it checked.
+  replaced: the ticket's block list is a `WatchedBlocks` in the audit, which notes every span
+  assigned to, so the blocks outside those spans are the ones last verified, and checking the
+  rest with their neighbours gives the same verdict as checking them all. Whenever that cannot
+  be shown, or something is wrong, the ticket's own `check_invariants()` runs over every block
+  and raises its own message. Beside the blocks it keeps their JSON for the state commitment,
+  as one string re-encoded only between the blocks it checked.
 
 * `AuditCommitment` is `ledger.commitments.StateCommitment` for the audit: the same leaves and
   root (kept as a tree whose paths are rehashed only where leaves changed or moved), but a
@@ -27,7 +27,7 @@ import json
 import pickle
 import signal
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Sequence
 from json.encoder import encode_basestring as _string
 from multiprocessing import get_context
@@ -40,11 +40,85 @@ from ledger import merkle
 from ledger.commitments import entry, key_of, leaf_bytes
 
 _STATES = frozenset((AVAILABLE, PLEDGED, RETIRED, CANCELLED))
-_FAR = 1 << 62
+
+
+class WatchedBlocks(list):  # type: ignore[type-arg]
+    """A ticket's block list in the audit, which notes where it is changed.
+
+    An assignment to an index or to a slice (the only way `domain.blocks` changes a list) is
+    noted as (lo, hi, n): the items lo..hi-1 were replaced by n items. Any other change (append,
+    insert, delete, sort, ...) only marks the list as changed somewhere unknown. So the blocks
+    outside the noted spans are the ones last verified, without comparing them."""
+
+    __slots__ = ("spans", "unknown")
+
+    def __init__(self, blocks: Sequence[Any] = ()) -> None:
+        super().__init__(blocks)
+        self.spans: list[tuple[int, int, int]] = []
+        self.unknown = False
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if type(key) is slice and key.step is None:
+            lo, hi, _ = key.indices(len(self))
+            value = list(value)
+            list.__setitem__(self, slice(lo, hi), value)
+            self.spans.append((lo, max(hi, lo), len(value)))
+        elif type(key) is int:
+            at = key + len(self) if key < 0 else key
+            list.__setitem__(self, key, value)
+            self.spans.append((at, at + 1, 1))
+        else:
+            self.unknown = True
+            list.__setitem__(self, key, value)
+
+    def touched(self) -> tuple[int, int] | None:
+        """The span lo..hi-1 of the current list outside which every item is an item of the list
+        as it was when the spans were last cleared (those before lo at the same index, those
+        from hi on shifted by the change in length); None for a change of unknown place."""
+        if self.unknown:
+            return None
+        lo = hi = -1
+        for a, b, n in self.spans:
+            if lo < 0:
+                lo, hi = a, a + n
+                continue
+            if hi <= a:  # the span so far lies before this assignment
+                pass
+            elif hi >= b:  # ... or ends after it: its end moves with the items after b
+                hi += n - (b - a)
+            else:  # ... or ends inside it
+                hi = a + n
+            lo, hi = min(lo, a), max(hi, a + n)
+        return (lo, hi) if lo >= 0 else (0, 0)
+
+    def seal(self) -> None:
+        """The current items are the verified ones."""
+        self.spans.clear()
+        self.unknown = False
+
+
+def _unknown_change(name: str) -> Any:
+    def method(self: WatchedBlocks, *args: Any, **kwargs: Any) -> Any:
+        self.unknown = True
+        return getattr(list, name)(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop",
+              "remove", "clear", "sort", "reverse"):
+    setattr(WatchedBlocks, _name, _unknown_change(_name))
 
 
 class TicketInvariants:
     """Each ticket's blocks as last verified, and their JSON for the state commitment.
+
+    A ticket's blocks are verified in full the first time, and then held in a `WatchedBlocks`
+    list (set as the ticket's blocks), which notes the spans a command replaced: only the blocks
+    in them, and their neighbours, are checked again. Anything the list cannot account for (a
+    change of unknown place, another list set as the ticket's blocks, another quantity) checks
+    every block, with the ticket's own message.
 
     The JSON is kept as one string of every block's JSON followed by a comma, with the length
     of each block's part in an array beside it: a command rewrites the part of the string
@@ -52,80 +126,78 @@ class TicketInvariants:
     leaf is that string with the ticket's other fields around it."""
 
     def __init__(self) -> None:
-        # ticket id -> (its blocks when last verified, its quantity, the blocks' JSON and the
-        # length of each block's part of it, or None when not known yet)
-        self._verified: dict[UUID, tuple[list[Any], Any, tuple[str, array[int]] | None]] = {}
+        # ticket id -> (its blocks, watched since they were last verified, its quantity then,
+        # the blocks' JSON and the length of each block's part of it, or None when not known yet)
+        self._verified: dict[UUID, tuple[WatchedBlocks, Any, tuple[str, array[int]] | None]] = {}
 
-    def check(self, ticket: Ticket, events: Sequence[Any]) -> None:
+    def check(self, ticket: Ticket) -> None:
         """Raise AssertionError (the ticket's own) if the ticket's invariants do not hold."""
         blocks = ticket.blocks
         seen = self._verified.get(ticket.id)
-        known = None if seen is None else self._changed_part_holds(seen, blocks, ticket.quantity_t,
-                                                                   events)
+        known = None
+        if seen is not None and seen[0] is blocks and seen[1] == ticket.quantity_t:
+            known = self._changed_part_holds(blocks, ticket.quantity_t, seen[2])
         if known is None:
             ticket.check_invariants()
-        self._verified[ticket.id] = (list(blocks), ticket.quantity_t, known or None)
+            if type(blocks) is not WatchedBlocks:
+                blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks)
+        blocks.seal()
+        self._verified[ticket.id] = (blocks, ticket.quantity_t, known or None)
 
-    def verified(self, ticket: Ticket) -> tuple[list[Any], tuple[str, array[int]] | None] | None:
-        """The ticket's blocks as last verified, with their JSON (None where not known yet)."""
+    def verified(self, ticket: Ticket) -> tuple[str, array[int]] | None:
+        """The JSON of the ticket's blocks when they are the ones last verified and it is known."""
         seen = self._verified.get(ticket.id)
-        return None if seen is None else (seen[0], seen[2])
+        if seen is None or seen[0] is not ticket.blocks or seen[0].spans or seen[0].unknown:
+            return None
+        return seen[2]
+
+    def current(self, ticket: Ticket) -> bool:
+        """Whether the ticket's blocks are the ones last verified (unchanged since)."""
+        seen = self._verified.get(ticket.id)
+        return (seen is not None and seen[0] is ticket.blocks and not seen[0].spans
+                and not seen[0].unknown)
 
     def set_json(self, ticket: Ticket, json: tuple[str, array[int]]) -> None:
         seen = self._verified[ticket.id]
         self._verified[ticket.id] = (seen[0], seen[1], json)
 
     @staticmethod
-    def _changed_part_holds(seen: tuple[list[Any], Any, tuple[str, array[int]] | None],
-                            blocks: list[Any], quantity: Any,
-                            events: Sequence[Any]) -> tuple[str, array[int]] | tuple[()] | None:
+    def _changed_part_holds(blocks: WatchedBlocks, quantity: Any,
+                            old_json: tuple[str, array[int]] | None
+                            ) -> tuple[str, array[int]] | tuple[()] | None:
         """The blocks' JSON if the blocks are shown to satisfy the invariants (an empty tuple
         when there was no JSON to start from); None means: check them all."""
-        old, old_quantity, old_json = seen
         try:
-            if old_quantity != quantity or type(quantity) is not int or not events:
+            span = blocks.touched()
+            if span is None or type(quantity) is not int:
                 return None
-            lo, hi = _FAR, -_FAR
-            for ev in events:
-                for a, b in ev.__dict__["ranges"]:
-                    if type(a) is not int or type(b) is not int:
-                        return None
-                    if a < lo:
-                        lo = a
-                    if b > hi:
-                        hi = b
-            if lo > hi:
-                return None
-            # The block holding serial lo - 1 and every block before it, in both lists.
-            p = max(bisect_right(blocks, (lo - 1, _FAR)) - 1, 0)
-            if p > len(old) or blocks[:p] != old[:p]:
-                return None
-            # The blocks after the one holding serial hi + 1, in both lists.
-            q_new = max(bisect_right(blocks, (hi + 1, _FAR)) - 1, p)
-            q_old = max(bisect_right(old, (hi + 1, _FAR)) - 1, 0)
-            if blocks[q_new + 1:] != old[q_old + 1:]:
-                return None
-            middle = blocks[p:q_new + 1]
+            p, q = span
+            # The blocks before p are the verified ones; so are those from q on, shifted.
+            middle = blocks[p:q]
             expected = blocks[p - 1][1] + 1 if p > 0 else 1
             for first, last, _holder, state, ref in middle:
-                if (first != expected or last < first or state not in _STATES
+                if (type(first) is not int or type(last) is not int or first != expected
+                        or last < first or state not in _STATES
                         or (state == AVAILABLE) != (ref == "")):
                     return None
                 expected = last + 1
-            if q_new + 1 < len(blocks):
-                if blocks[q_new + 1][0] != expected:
+            if q < len(blocks):
+                if blocks[q][0] != expected:
                     return None
             elif expected != quantity + 1:
                 return None
             if old_json is None:
                 return ()
             text, lengths = old_json
+            q_old = q - (len(blocks) - len(lengths))
+            if q_old < p:
+                return None
             middle_text, middle_lengths = blocks_json(middle)
             start = sum(lengths[:p])
-            end = start + sum(lengths[p:q_old + 1])
+            end = start + sum(lengths[p:q_old])
             new_lengths = lengths[:p]
             new_lengths.extend(middle_lengths)
-            new_lengths.extend(lengths[q_old + 1:])
+            new_lengths.extend(lengths[q_old:])
             return text[:start] + middle_text + text[end:], new_lengths
         except Exception:
             return None
@@ -219,11 +291,11 @@ class AuditCommitment:
             self._tickets[key] = (head, before, after)
         else:
             _, before, after = cached
-        seen = self.tickets.verified(t)
-        current = seen is not None and seen[0] == blocks
-        if current and seen[1] is not None:
-            text = seen[1][0]
+        known = self.tickets.verified(t)
+        if known is not None:
+            text = known[0]
         else:
+            current = self.tickets.current(t)
             made = blocks_json(blocks)
             text = made[0]
             if current:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_tamper import *  # noqa: F403 - every tampering test, run again with the reader process
 from test_tamper import Demo, copy_db, flip, url
 
@@ -32,7 +34,7 @@ from ledger import demo
 from ledger.application import Registry
 from ledger.audit import Auditor, DatabaseSource, ExportSource, audit_database, export
 from ledger.audit_front import CHUNK_RECORDS, _without_time
-from ledger.audit_state import AuditCommitment, TicketInvariants
+from ledger.audit_state import AuditCommitment, TicketInvariants, WatchedBlocks
 from ledger.commitments import StateCommitment
 from ledger.keys import Keyring
 from ledger.transcoder import MsgpackTranscoder
@@ -249,11 +251,6 @@ def test_an_export_source_can_be_read_from_a_child(tmp_path: Path, demo_db: Demo
 
 # The replay's shortcuts against the domain's own code ---------------------------------------
 
-class _Moved:
-    def __init__(self, ranges: list[list[int]]) -> None:
-        self.ranges = ranges
-
-
 def _ticket(blocks: list[Any], quantity: int) -> Ticket:
     t = object.__new__(Ticket)
     t.__dict__.update(ticket_no="SM-0000009", project_id="P-9", standard="SMCER",
@@ -277,7 +274,7 @@ def test_incremental_ticket_invariants_agree_with_the_full_check() -> None:
     for _ in range(300):
         t = _ticket([(1, quantity, "a", AVAILABLE, "")], quantity)
         checker = TicketInvariants()
-        checker.check(t, [])
+        checker.check(t)
         commitment = AuditCommitment(checker)
         reference = StateCommitment()
         for step in range(12):
@@ -286,18 +283,15 @@ def test_incremental_ticket_invariants_agree_with_the_full_check() -> None:
             state = rng.choice([AVAILABLE, AVAILABLE, PLEDGED])
             B.reassign_in_place(t.blocks, [(a, b)], rng.choice(holders), state,
                                 "" if state == AVAILABLE else "PL-1")
-            ranges = [[a, b]]
             if rng.random() < 0.15:  # damage the blocks the way a broken rule would
                 i = rng.randrange(len(t.blocks))
                 f, last, h, s, r = t.blocks[i]
                 t.blocks[i] = rng.choice([(f, last + 1, h, s, r), (f + 1, last, h, s, r),
                                           (f, last, h, "lost", r), (f, last, h, s, "x"),
                                           (f, last, h, PLEDGED, "")])
-            if rng.random() < 0.1:  # or name serials the command did not touch
-                ranges = [[rng.randint(1, quantity)] * 2]
             want = _verdict(t)
             try:
-                checker.check(t, [_Moved(ranges)])
+                checker.check(t)
                 got = None
             except AssertionError as e:
                 got = str(e)
@@ -311,6 +305,71 @@ def test_incremental_ticket_invariants_agree_with_the_full_check() -> None:
         assert commitment.root() == reference.root()
 
 
+_assignment = st.tuples(st.integers(-12, 12), st.integers(-12, 12), st.integers(0, 4),
+                        st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10), st.lists(_assignment, max_size=6))
+def test_watched_blocks_name_a_span_outside_which_nothing_changed(
+        size: int, changes: list[tuple[int, int, int, bool]]) -> None:
+    """Outside the span the list reports, its items are the items it had when sealed: the same
+    before the span, and after it the same ones shifted by the change in length."""
+    original = [object() for _ in range(size)]
+    watched = WatchedBlocks(original)
+    watched.seal()
+    for a, b, n, by_index in changes:
+        if by_index:
+            if -len(watched) <= a < len(watched):
+                watched[a] = object()
+        else:
+            watched[a:b] = [object() for _ in range(n)]
+    span = watched.touched()
+    assert span is not None
+    lo, hi = span
+    shift = len(watched) - size
+    assert 0 <= lo <= hi <= len(watched)
+    assert all(x is y for x, y in zip(watched[:lo], original[:lo], strict=True))
+    assert all(x is y for x, y in zip(watched[hi:], original[hi - shift:], strict=True))
+    if not changes or all(by_index and not -size <= a < size for a, _, _, by_index in changes):
+        assert lo == hi
+
+
+@pytest.mark.parametrize("change", ["append", "insert", "delete", "sort", "extend", "pop",
+                                    "replace the list", "reverse"])
+def test_a_change_the_watched_blocks_cannot_place_checks_every_block(change: str) -> None:
+    """Whatever changes a ticket's blocks other than by assignment, the checker cannot take the
+    shortcut: it checks them all and gives the ticket's own verdict."""
+    t = _ticket([(1, 50, "a", AVAILABLE, "")], 100)
+    t.blocks.append((51, 100, "b", AVAILABLE, ""))
+    checker = TicketInvariants()
+    checker.check(t)
+    assert type(t.blocks) is WatchedBlocks
+    blocks = t.blocks
+    if change == "append":
+        blocks.append((101, 101, "a", AVAILABLE, ""))
+    elif change == "insert":
+        blocks.insert(1, (51, 60, "c", AVAILABLE, ""))
+    elif change == "delete":
+        del blocks[1]
+    elif change == "sort":
+        blocks.sort(reverse=True)
+    elif change == "extend":
+        blocks += [(101, 102, "a", AVAILABLE, "")]
+    elif change == "pop":
+        blocks.pop()
+    elif change == "replace the list":
+        t.__dict__["blocks"] = [(1, 100, "a", PLEDGED, "")]
+    elif change == "reverse":
+        blocks.reverse()
+    assert blocks.touched() is None or change == "replace the list"
+    want = _verdict(t)
+    assert want is not None
+    with pytest.raises(AssertionError) as broke:
+        checker.check(t)
+    assert str(broke.value) == want
+
+
 def test_the_commitment_root_follows_many_tickets_added_and_changed() -> None:
     rng = random.Random(5)
     checker = TicketInvariants()
@@ -322,14 +381,14 @@ def test_the_commitment_root_follows_many_tickets_added_and_changed() -> None:
             t = _ticket([(1, 100, "a", AVAILABLE, "")], 100)
             t.__dict__["ticket_no"] = f"SM-{rng.randrange(10**7):07d}"
             t.__dict__["_id"] = Ticket.id_for(t.ticket_no)
-            checker.check(t, [])
+            checker.check(t)
             tickets.append(t)
         else:
             t = rng.choice(tickets)
             a = rng.randint(1, 100)
             b = min(100, a + rng.randint(0, 9))
             B.reassign_in_place(t.blocks, [(a, b)], rng.choice("abc"), AVAILABLE, "")
-            checker.check(t, [_Moved([[a, b]])])
+            checker.check(t)
         commitment.touch(t)
         reference.touch(t)
         if rng.random() < 0.3:

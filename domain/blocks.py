@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from itertools import compress, repeat
+from itertools import count as count_from
+from operator import eq, itemgetter
 from sys import intern
 
 Block = tuple[int, int, str, str, str]
 Range = tuple[int, int]
+_HOLDER = itemgetter(2)
 
 
 def interned(name: str) -> str:
@@ -44,16 +48,20 @@ def select(blocks: Sequence[Block], holder: str, state: str, ref: str, quantity:
     """The lowest serials held by `holder` in (`state`, `ref`), `quantity` of them, as ranges.
 
     Returns fewer than asked when there are not enough; the caller decides what that means.
+    The blocks of other holders are skipped in C (their holder is compared, nothing else of
+    them is read), and the holder's own blocks are read until enough units are found.
     """
     out: list[Range] = []
     need = quantity
-    for first, last, h, s, r in blocks:
-        if need == 0:
-            break
-        if h == holder and s == state and r == ref:
-            take = min(need, last - first + 1)
-            out.append((first, first + take - 1))
-            need -= take
+    if need:
+        for i in compress(count_from(), map(eq, map(_HOLDER, blocks), repeat(holder))):
+            first, last, _, s, r = blocks[i]
+            if s == state and r == ref:
+                take = min(need, last - first + 1)
+                out.append((first, first + take - 1))
+                need -= take
+                if need == 0:
+                    break
     return normalise(out)
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from functools import cache, lru_cache
 from hashlib import sha1
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, SafeUUID, uuid5
 
-from eventsourcing.domain import Aggregate
-from eventsourcing.utils import get_topic
+from eventsourcing.domain import (
+    Aggregate,
+    OriginatorIDError,
+    OriginatorVersionError,
+    _init_mentions_id,
+)
+from eventsourcing.utils import get_topic, resolve_topic
 
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:carbon-ledger:registry")
 
@@ -52,6 +58,11 @@ def _clone(value: Any) -> Any:
 
 
 @cache
+def _topic_class(topic: str) -> Any:
+    return resolve_topic(topic)
+
+
+@cache
 def _fields(event_class: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(event_class))
 
@@ -59,6 +70,27 @@ def _fields(event_class: type[Any]) -> tuple[str, ...]:
 def _new_event(event_class: type[Any], fixed: dict[str, Any], given: dict[str, Any]) -> Any:
     """An event of `event_class` with the fields in its dataclass order, as its __init__ sets
     them; TypeError for a missing or an unknown field, as __init__ would raise."""
+    names = _fields(event_class)
+    merged = {**given, **fixed}
+    if "timestamp" not in merged:
+        merged["timestamp"] = None
+    if len(merged) == len(names) == len(given) + len(fixed) + ("timestamp" not in given):
+        try:
+            state = {name: merged[name] for name in names}
+        except KeyError:
+            pass
+        else:
+            if state["timestamp"] is None and "timestamp" not in given:
+                state["timestamp"] = event_class.create_timestamp()
+            event = object.__new__(event_class)
+            object.__setattr__(event, "__dict__", state)
+            return event
+    return _new_event_checked(event_class, fixed, given)
+
+
+def _new_event_checked(event_class: type[Any], fixed: dict[str, Any], given: dict[str, Any]) -> Any:
+    """_new_event's way for a call whose fields do not match the class's: field by field, to
+    name what is missing or unknown."""
     state = {}
     n = 0
     for name in _fields(event_class):
@@ -79,13 +111,47 @@ def _new_event(event_class: type[Any], fixed: dict[str, Any], given: dict[str, A
     return event
 
 
+@cache
+def _init_names(aggregate_class: type[Any]) -> frozenset[str]:
+    """The parameter names of an aggregate class's __init__ (as the library filters them)."""
+    return frozenset(inspect.signature(aggregate_class.__init__).parameters)
+
+
 class LedgerAggregate(Aggregate):
     class Event(Aggregate.Event):
         actor: str
         command_id: str
 
+        def mutate(self, aggregate: Any) -> Any:
+            """The library's CanMutateAggregate.mutate (the same checks, the same changes), with
+            the aggregate's attributes read and set directly rather than through its properties."""
+            state = aggregate.__dict__
+            if self.originator_id != state["_id"]:
+                raise OriginatorIDError(self.originator_id, state["_id"])
+            if self.originator_version != state["_version"] + 1:
+                raise OriginatorVersionError(self.originator_version, state["_version"] + 1)
+            self.apply(aggregate)
+            state["_version"] = self.originator_version
+            state["_modified_on"] = self.timestamp
+            return aggregate
+
     class Created(Event, Aggregate.Created):
-        pass
+        def mutate(self, aggregate: Any) -> Any:
+            """The library's CanInitAggregate.mutate, with the topic's class and the names its
+            __init__ takes looked up once per class."""
+            assert aggregate is None
+            cls = _topic_class(self.originator_topic)
+            agg = cls.__new__(cls)
+            fields = self.__dict__
+            agg.__base_init__(fields["originator_id"], fields["originator_version"],
+                              fields["timestamp"])
+            names = _init_names(cls)
+            kwargs = {k: v for k, v in fields.items() if k in names}
+            if cls in _init_mentions_id:
+                kwargs["id"] = fields["originator_id"]
+            agg.__init__(**kwargs)
+            self.apply(agg)
+            return agg
 
     def fork(self) -> LedgerAggregate:
         """A copy that a command may change without touching this one.

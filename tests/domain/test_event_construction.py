@@ -128,6 +128,45 @@ def test_aggregates_built_from_created_events_equal_the_librarys(tmp_path: Path)
         app.close()
 
 
+def test_aggregates_replayed_from_every_event_equal_the_librarys(tmp_path: Path) -> None:
+    """Every aggregate of the demo, replayed from all its stored events: our mutate and the
+    library's give the same attributes in the same order, and refuse the same wrong events."""
+    from eventsourcing.domain import (
+        CanInitAggregate,
+        CanMutateAggregate,
+        OriginatorIDError,
+        OriginatorVersionError,
+    )
+    from eventsourcing.persistence import StoredEvent
+
+    app = Registry(f"sqlite:///{tmp_path}/r.db", keyring=Keyring(tmp_path / "keys"))
+    try:
+        _run_demo(app)
+        ours: dict[Any, Any] = {}
+        theirs: dict[Any, Any] = {}
+        later = 0
+        for r in app.recorder.select_records(1, 100_000):
+            event = app.mapper.to_domain_event(StoredEvent(r.originator_id, r.originator_version,
+                                                           r.topic, r.state))
+            oid = event.originator_id
+            if r.originator_version == 1:
+                ours[oid] = event.mutate(None)
+                theirs[oid] = CanInitAggregate.mutate(event, None)
+            else:
+                later += 1
+                ours[oid] = event.mutate(ours[oid])
+                theirs[oid] = CanMutateAggregate.mutate(event, theirs[oid])
+                for wrong, error in ((ours[oid], OriginatorVersionError),
+                                     (next(a for k, a in ours.items() if k != oid),
+                                      OriginatorIDError)):
+                    with pytest.raises(error):
+                        event.mutate(wrong)
+            assert list(vars(ours[oid]).items()) == list(vars(theirs[oid]).items())
+        assert later > 10
+    finally:
+        app.close()
+
+
 def _stored_firsts(app: Registry) -> list[Any]:
     from eventsourcing.persistence import StoredEvent
 

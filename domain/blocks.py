@@ -9,11 +9,12 @@ and canonical state.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import compress, repeat
 from itertools import count as count_from
 from operator import eq, itemgetter
 from sys import intern
+from typing import Any
 
 Block = tuple[int, int, str, str, str]
 Range = tuple[int, int]
@@ -48,21 +49,40 @@ def select(blocks: Sequence[Block], holder: str, state: str, ref: str, quantity:
     """The lowest serials held by `holder` in (`state`, `ref`), `quantity` of them, as ranges.
 
     Returns fewer than asked when there are not enough; the caller decides what that means.
-    The blocks of other holders are skipped in C (their holder is compared, nothing else of
-    them is read), and the holder's own blocks are read until enough units are found.
+    The blocks of other holders are skipped in C: by their holders alone, or, in a
+    `WatchedBlocks` list, by the list of holders it keeps beside them (nothing of those blocks
+    is read then). The holder's own blocks are read until enough units are found.
     """
     out: list[Range] = []
     need = quantity
     if need:
-        for i in compress(count_from(), map(eq, map(_HOLDER, blocks), repeat(holder))):
-            first, last, _, s, r = blocks[i]
-            if s == state and r == ref:
+        holders = getattr(blocks, "holders", None)
+        if holders is None or len(holders) != len(blocks):
+            found: Iterable[int] = compress(count_from(), map(eq, map(_HOLDER, blocks),
+                                                            repeat(holder)))
+        else:
+            found = _indices(holders, holder)
+        for i in found:
+            first, last, h, s, r = blocks[i]
+            if h == holder and s == state and r == ref:
                 take = min(need, last - first + 1)
                 out.append((first, first + take - 1))
                 need -= take
                 if need == 0:
                     break
     return normalise(out)
+
+
+def _indices(items: list[str], item: str) -> Iterator[int]:
+    """Every index of `item` in `items`, in order, found by list.index."""
+    i = -1
+    index = items.index
+    try:
+        while True:
+            i = index(item, i + 1)
+            yield i
+    except ValueError:
+        return
 
 
 def count(blocks: Sequence[Block], holder: str | None = None, state: str | None = None,
@@ -193,3 +213,99 @@ def covered_by_state(blocks: Sequence[Block], ranges: Sequence[Range], holder: s
             if h == holder and s == state:
                 n += min(last, b) - max(first, a) + 1
     return n
+
+
+class WatchedBlocks(list):  # type: ignore[type-arg]
+    """A block list that notes where it is changed, and keeps the list of its blocks' holders.
+
+    The audit holds each ticket's blocks in one. An assignment to an index or to a slice (the
+    only way this module changes a list) is noted as (lo, hi, n): the items lo..hi-1 were
+    replaced by n items. Any other change (append, insert, delete, sort, ...) only marks the
+    list as changed somewhere unknown. So the blocks outside the noted spans are the ones there
+    were when the list was last sealed, without comparing them.
+
+    `holders` is the holder of every block, in order, kept with each assignment (None after a
+    change of unknown place, until the next seal): `select` finds a holder's blocks in it
+    without reading the other blocks."""
+
+    __slots__ = ("spans", "unknown", "holders")
+
+    def __init__(self, blocks: Iterable[Block] = ()) -> None:
+        super().__init__(blocks)
+        self.spans: list[tuple[int, int, int]] = []
+        self.unknown = False
+        self.holders: list[str] | None = _holders(self)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if type(key) is slice and key.step is None:
+            lo, hi, _ = key.indices(len(self))
+            value = list(value)
+            list.__setitem__(self, slice(lo, hi), value)
+            self.spans.append((lo, max(hi, lo), len(value)))
+            if self.holders is not None:
+                try:
+                    self.holders[lo:hi] = [v[2] for v in value]
+                except Exception:  # not blocks: select reads the blocks themselves
+                    self.holders = None
+        elif type(key) is int:
+            at = key + len(self) if key < 0 else key
+            list.__setitem__(self, key, value)
+            self.spans.append((at, at + 1, 1))
+            if self.holders is not None:
+                try:
+                    self.holders[at] = value[2]
+                except Exception:
+                    self.holders = None
+        else:
+            self.unknown = True
+            self.holders = None
+            list.__setitem__(self, key, value)
+
+    def touched(self) -> tuple[int, int] | None:
+        """The span lo..hi-1 of the current list outside which every item is an item of the list
+        as it was when last sealed (those before lo at the same index, those from hi on shifted
+        by the change in length); None for a change of unknown place."""
+        if self.unknown:
+            return None
+        lo = hi = -1
+        for a, b, n in self.spans:
+            if lo < 0:
+                lo, hi = a, a + n
+                continue
+            if hi <= a:  # the span so far lies before this assignment
+                pass
+            elif hi >= b:  # ... or ends after it: its end moves with the items after b
+                hi += n - (b - a)
+            else:  # ... or ends inside it
+                hi = a + n
+            lo, hi = min(lo, a), max(hi, a + n)
+        return (lo, hi) if lo >= 0 else (0, 0)
+
+    def seal(self) -> None:
+        """Take the current items as the ones to note changes from."""
+        self.spans.clear()
+        if self.unknown or self.holders is None:
+            self.holders = _holders(self)
+        self.unknown = False
+
+
+def _holders(blocks: list[Any]) -> list[str] | None:
+    try:
+        return list(map(_HOLDER, blocks))
+    except Exception:  # not blocks
+        return None
+
+
+def _unknown_change(name: str) -> Any:
+    def method(self: WatchedBlocks, *args: Any, **kwargs: Any) -> Any:
+        self.unknown = True
+        self.holders = None
+        return getattr(list, name)(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop",
+              "remove", "clear", "sort", "reverse"):
+    setattr(WatchedBlocks, _name, _unknown_change(_name))

@@ -35,80 +35,12 @@ from typing import Any
 from uuid import UUID
 
 from domain.base import LedgerAggregate
+from domain.blocks import WatchedBlocks
 from domain.ticket import AVAILABLE, CANCELLED, PLEDGED, RETIRED, Ticket
 from ledger import merkle
 from ledger.commitments import entry, key_of, leaf_bytes
 
 _STATES = frozenset((AVAILABLE, PLEDGED, RETIRED, CANCELLED))
-
-
-class WatchedBlocks(list):  # type: ignore[type-arg]
-    """A ticket's block list in the audit, which notes where it is changed.
-
-    An assignment to an index or to a slice (the only way `domain.blocks` changes a list) is
-    noted as (lo, hi, n): the items lo..hi-1 were replaced by n items. Any other change (append,
-    insert, delete, sort, ...) only marks the list as changed somewhere unknown. So the blocks
-    outside the noted spans are the ones last verified, without comparing them."""
-
-    __slots__ = ("spans", "unknown")
-
-    def __init__(self, blocks: Sequence[Any] = ()) -> None:
-        super().__init__(blocks)
-        self.spans: list[tuple[int, int, int]] = []
-        self.unknown = False
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if type(key) is slice and key.step is None:
-            lo, hi, _ = key.indices(len(self))
-            value = list(value)
-            list.__setitem__(self, slice(lo, hi), value)
-            self.spans.append((lo, max(hi, lo), len(value)))
-        elif type(key) is int:
-            at = key + len(self) if key < 0 else key
-            list.__setitem__(self, key, value)
-            self.spans.append((at, at + 1, 1))
-        else:
-            self.unknown = True
-            list.__setitem__(self, key, value)
-
-    def touched(self) -> tuple[int, int] | None:
-        """The span lo..hi-1 of the current list outside which every item is an item of the list
-        as it was when the spans were last cleared (those before lo at the same index, those
-        from hi on shifted by the change in length); None for a change of unknown place."""
-        if self.unknown:
-            return None
-        lo = hi = -1
-        for a, b, n in self.spans:
-            if lo < 0:
-                lo, hi = a, a + n
-                continue
-            if hi <= a:  # the span so far lies before this assignment
-                pass
-            elif hi >= b:  # ... or ends after it: its end moves with the items after b
-                hi += n - (b - a)
-            else:  # ... or ends inside it
-                hi = a + n
-            lo, hi = min(lo, a), max(hi, a + n)
-        return (lo, hi) if lo >= 0 else (0, 0)
-
-    def seal(self) -> None:
-        """The current items are the verified ones."""
-        self.spans.clear()
-        self.unknown = False
-
-
-def _unknown_change(name: str) -> Any:
-    def method(self: WatchedBlocks, *args: Any, **kwargs: Any) -> Any:
-        self.unknown = True
-        return getattr(list, name)(self, *args, **kwargs)
-
-    method.__name__ = name
-    return method
-
-
-for _name in ("__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop",
-              "remove", "clear", "sort", "reverse"):
-    setattr(WatchedBlocks, _name, _unknown_change(_name))
 
 
 class TicketInvariants:

@@ -29,12 +29,13 @@ from test_tamper import Demo, copy_db, flip, url
 
 import ledger.audit as audit_module
 from domain import blocks as B
+from domain.blocks import WatchedBlocks
 from domain.ticket import AVAILABLE, PLEDGED, Ticket
 from ledger import demo
 from ledger.application import Registry
 from ledger.audit import Auditor, DatabaseSource, ExportSource, audit_database, export
 from ledger.audit_front import CHUNK_RECORDS, _without_time
-from ledger.audit_state import AuditCommitment, TicketInvariants, WatchedBlocks
+from ledger.audit_state import AuditCommitment, TicketInvariants
 from ledger.commitments import StateCommitment
 from ledger.keys import Keyring
 from ledger.transcoder import MsgpackTranscoder

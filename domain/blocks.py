@@ -9,7 +9,7 @@ and canonical state.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, repeat
 from itertools import count as count_from
 from operator import eq, itemgetter
@@ -226,15 +226,28 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
 
     `holders` is the holder of every block, in order, kept with each assignment (None after a
     change of unknown place, until the next seal): `select` finds a holder's blocks in it
-    without reading the other blocks."""
+    without reading the other blocks. Given an `encode` function, `encoded` is kept the same
+    way: encode(block) for every block (the audit's JSON of each block for the state
+    commitment, so that only the blocks a command made are encoded)."""
 
-    __slots__ = ("spans", "unknown", "holders")
+    __slots__ = ("spans", "unknown", "holders", "encode", "encoded")
 
-    def __init__(self, blocks: Iterable[Block] = ()) -> None:
+    def __init__(self, blocks: Iterable[Block] = (),
+                 encode: Callable[[Any], str] | None = None) -> None:
         super().__init__(blocks)
         self.spans: list[tuple[int, int, int]] = []
         self.unknown = False
         self.holders: list[str] | None = _holders(self)
+        self.encode = encode
+        self.encoded: list[str] | None = self._encode_all()
+
+    def _encode_all(self) -> list[str] | None:
+        if self.encode is None:
+            return None
+        try:
+            return list(map(self.encode, self))
+        except Exception:  # not blocks
+            return None
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if type(key) is slice and key.step is None:
@@ -247,6 +260,11 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
                     self.holders[lo:hi] = [v[2] for v in value]
                 except Exception:  # not blocks: select reads the blocks themselves
                     self.holders = None
+            if self.encoded is not None:
+                try:
+                    self.encoded[lo:hi] = list(map(self.encode, value))  # type: ignore[arg-type]
+                except Exception:
+                    self.encoded = None
         elif type(key) is int:
             at = key + len(self) if key < 0 else key
             list.__setitem__(self, key, value)
@@ -256,9 +274,14 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
                     self.holders[at] = value[2]
                 except Exception:
                     self.holders = None
+            if self.encoded is not None:
+                try:
+                    self.encoded[at] = self.encode(value)  # type: ignore[misc]
+                except Exception:
+                    self.encoded = None
         else:
             self.unknown = True
-            self.holders = None
+            self.holders = self.encoded = None
             list.__setitem__(self, key, value)
 
     def touched(self) -> tuple[int, int] | None:
@@ -286,6 +309,8 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
         self.spans.clear()
         if self.unknown or self.holders is None:
             self.holders = _holders(self)
+        if self.unknown or self.encoded is None:
+            self.encoded = self._encode_all()
         self.unknown = False
 
 
@@ -299,7 +324,7 @@ def _holders(blocks: list[Any]) -> list[str] | None:
 def _unknown_change(name: str) -> Any:
     def method(self: WatchedBlocks, *args: Any, **kwargs: Any) -> Any:
         self.unknown = True
-        self.holders = None
+        self.holders = self.encoded = None
         return getattr(list, name)(self, *args, **kwargs)
 
     method.__name__ = name

@@ -7,13 +7,13 @@
   assigned to, so the blocks outside those spans are the ones last verified, and checking the
   rest with their neighbours gives the same verdict as checking them all. Whenever that cannot
   be shown, or something is wrong, the ticket's own `check_invariants()` runs over every block
-  and raises its own message. Beside the blocks it keeps their JSON for the state commitment,
-  as one string re-encoded only between the blocks it checked.
+  and raises its own message. The list also keeps each block's JSON for the state commitment,
+  encoded once, when the block is made.
 
 * `AuditCommitment` is `ledger.commitments.StateCommitment` for the audit: the same leaves and
   root (kept as a tree whose paths are rehashed only where leaves changed or moved), but a
-  ticket's leaf is written from the blocks' JSON that `TicketInvariants` kept, when
-  the blocks it verified are (still) the ticket's blocks; otherwise every block is encoded. The
+  ticket's leaf is written by joining its blocks' JSON that the watched list kept, when the
+  blocks verified last are (still) the ticket's blocks; otherwise every block is encoded. The
   first ticket leaf of every refresh is also written the ordinary way (`commitments.entry` and
   canonical JSON) and compared, so any difference in the encoding turns the shortcut off for the
   rest of the audit. The tree is a `LeafTree` here, or a `TreeProcess` (the same tree in a
@@ -26,9 +26,7 @@ import gc
 import json
 import pickle
 import signal
-from array import array
 from bisect import bisect_left
-from collections.abc import Sequence
 from json.encoder import encode_basestring as _string
 from multiprocessing import get_context
 from typing import Any
@@ -44,101 +42,64 @@ _STATES = frozenset((AVAILABLE, PLEDGED, RETIRED, CANCELLED))
 
 
 class TicketInvariants:
-    """Each ticket's blocks as last verified, and their JSON for the state commitment.
+    """Each ticket's blocks as last verified.
 
     A ticket's blocks are verified in full the first time, and then held in a `WatchedBlocks`
     list (set as the ticket's blocks), which notes the spans a command replaced: only the blocks
     in them, and their neighbours, are checked again. Anything the list cannot account for (a
     change of unknown place, another list set as the ticket's blocks, another quantity) checks
-    every block, with the ticket's own message.
-
-    The JSON is kept as one string of every block's JSON followed by a comma, with the length
-    of each block's part in an array beside it: a command rewrites the part of the string
-    between the blocks it touched (string slices are copied whole, in C), and the commitment's
-    leaf is that string with the ticket's other fields around it."""
+    every block, with the ticket's own message. The list also keeps each block's JSON for the
+    state commitment (`_block_json`), encoded when the block is made."""
 
     def __init__(self) -> None:
-        # ticket id -> (its blocks, watched since they were last verified, its quantity then,
-        # the blocks' JSON and the length of each block's part of it, or None when not known yet)
-        self._verified: dict[UUID, tuple[WatchedBlocks, Any, tuple[str, array[int]] | None]] = {}
+        # ticket id -> (its blocks, watched since they were last verified; its quantity then)
+        self._verified: dict[UUID, tuple[WatchedBlocks, Any]] = {}
 
     def check(self, ticket: Ticket) -> None:
         """Raise AssertionError (the ticket's own) if the ticket's invariants do not hold."""
         blocks = ticket.blocks
         seen = self._verified.get(ticket.id)
-        known = None
-        if seen is not None and seen[0] is blocks and seen[1] == ticket.quantity_t:
-            known = self._changed_part_holds(blocks, ticket.quantity_t, seen[2])
-        if known is None:
+        if (seen is None or seen[0] is not blocks or seen[1] != ticket.quantity_t
+                or not self._changed_part_holds(blocks, ticket.quantity_t)):
             ticket.check_invariants()
             if type(blocks) is not WatchedBlocks:
-                blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks)
+                blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks, _block_json)
         blocks.seal()
-        self._verified[ticket.id] = (blocks, ticket.quantity_t, known or None)
+        self._verified[ticket.id] = (blocks, ticket.quantity_t)
 
-    def verified(self, ticket: Ticket) -> tuple[str, array[int]] | None:
-        """The JSON of the ticket's blocks when they are the ones last verified and it is known."""
+    def encoded(self, ticket: Ticket) -> list[str] | None:
+        """The JSON of each of the ticket's blocks, when they are the blocks last verified,
+        unchanged since, and their JSON is known; else None."""
         seen = self._verified.get(ticket.id)
-        if seen is None or seen[0] is not ticket.blocks or seen[0].spans or seen[0].unknown:
+        if seen is None:
             return None
-        return seen[2]
-
-    def current(self, ticket: Ticket) -> bool:
-        """Whether the ticket's blocks are the ones last verified (unchanged since)."""
-        seen = self._verified.get(ticket.id)
-        return (seen is not None and seen[0] is ticket.blocks and not seen[0].spans
-                and not seen[0].unknown)
-
-    def set_json(self, ticket: Ticket, json: tuple[str, array[int]]) -> None:
-        seen = self._verified[ticket.id]
-        self._verified[ticket.id] = (seen[0], seen[1], json)
+        blocks = seen[0]
+        if blocks is not ticket.blocks or blocks.spans or blocks.unknown:
+            return None
+        return blocks.encoded
 
     @staticmethod
-    def _changed_part_holds(blocks: WatchedBlocks, quantity: Any,
-                            old_json: tuple[str, array[int]] | None
-                            ) -> tuple[str, array[int]] | tuple[()] | None:
-        """The blocks' JSON if the blocks are shown to satisfy the invariants (an empty tuple
-        when there was no JSON to start from); None means: check them all."""
+    def _changed_part_holds(blocks: WatchedBlocks, quantity: Any) -> bool:
+        """Whether the blocks are shown to satisfy the invariants from the spans changed since
+        they were verified; False means: check them all."""
         try:
             span = blocks.touched()
             if span is None or type(quantity) is not int:
-                return None
+                return False
             p, q = span
             # The blocks before p are the verified ones; so are those from q on, shifted.
-            middle = blocks[p:q]
             expected = blocks[p - 1][1] + 1 if p > 0 else 1
-            for first, last, _holder, state, ref in middle:
+            for first, last, _holder, state, ref in blocks[p:q]:
                 if (type(first) is not int or type(last) is not int or first != expected
                         or last < first or state not in _STATES
                         or (state == AVAILABLE) != (ref == "")):
-                    return None
+                    return False
                 expected = last + 1
             if q < len(blocks):
-                if blocks[q][0] != expected:
-                    return None
-            elif expected != quantity + 1:
-                return None
-            if old_json is None:
-                return ()
-            text, lengths = old_json
-            q_old = q - (len(blocks) - len(lengths))
-            if q_old < p:
-                return None
-            middle_text, middle_lengths = blocks_json(middle)
-            start = sum(lengths[:p])
-            end = start + sum(lengths[p:q_old])
-            new_lengths = lengths[:p]
-            new_lengths.extend(middle_lengths)
-            new_lengths.extend(lengths[q_old:])
-            return text[:start] + middle_text + text[end:], new_lengths
+                return bool(blocks[q][0] == expected)
+            return expected == quantity + 1
         except Exception:
-            return None
-
-
-def blocks_json(blocks: Sequence[Any]) -> tuple[str, array[int]]:
-    """Every block's JSON followed by a comma, and the length of each block's part."""
-    parts = [_block_json(b) + "," for b in blocks]
-    return "".join(parts), array("q", map(len, parts))
+            return False
 
 
 def _dumps(value: Any) -> str:
@@ -223,16 +184,9 @@ class AuditCommitment:
             self._tickets[key] = (head, before, after)
         else:
             _, before, after = cached
-        known = self.tickets.verified(t)
-        if known is not None:
-            text = known[0]
-        else:
-            current = self.tickets.current(t)
-            made = blocks_json(blocks)
-            text = made[0]
-            if current:
-                self.tickets.set_json(t, made)
-        return (before + text[:-1] + after).encode()
+        encoded = self.tickets.encoded(t)
+        text = ",".join(encoded if encoded is not None else map(_block_json, blocks))
+        return (before + text + after).encode()
 
     def _changes(self) -> tuple[list[int], list[tuple[int, bytes]], int]:
         """What changed since the last call, for the tree: the positions where keys were

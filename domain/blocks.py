@@ -252,33 +252,28 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
     def __setitem__(self, key: Any, value: Any) -> None:
         if type(key) is slice and key.step is None:
             lo, hi, _ = key.indices(len(self))
-            value = list(value)
-            list.__setitem__(self, slice(lo, hi), value)
-            self.spans.append((lo, max(hi, lo), len(value)))
-            if self.holders is not None:
-                try:
-                    self.holders[lo:hi] = [v[2] for v in value]
-                except Exception:  # not blocks: select reads the blocks themselves
-                    self.holders = None
-            if self.encoded is not None:
-                try:
-                    self.encoded[lo:hi] = list(map(self.encode, value))  # type: ignore[arg-type]
-                except Exception:
-                    self.encoded = None
+            if type(value) is not list:
+                value = list(value)
+            list.__setitem__(self, key, value)
+            self.spans.append((lo, hi if hi > lo else lo, len(value)))
+            try:
+                if self.holders is not None:
+                    self.holders[lo:hi] = map(_HOLDER, value)
+                if self.encoded is not None:
+                    self.encoded[lo:hi] = map(self.encode, value)  # type: ignore[arg-type]
+            except Exception:  # not blocks: select and the commitment read the blocks then
+                self.holders = self.encoded = None
         elif type(key) is int:
             at = key + len(self) if key < 0 else key
             list.__setitem__(self, key, value)
             self.spans.append((at, at + 1, 1))
-            if self.holders is not None:
-                try:
+            try:
+                if self.holders is not None:
                     self.holders[at] = value[2]
-                except Exception:
-                    self.holders = None
-            if self.encoded is not None:
-                try:
+                if self.encoded is not None:
                     self.encoded[at] = self.encode(value)  # type: ignore[misc]
-                except Exception:
-                    self.encoded = None
+            except Exception:
+                self.holders = self.encoded = None
         else:
             self.unknown = True
             self.holders = self.encoded = None

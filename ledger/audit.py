@@ -613,7 +613,10 @@ class Auditor:
             except Exception:
                 same = False
             if not same:
-                recorded_outcome = self._transcoder.decode(recorded_outcome)
+                try:
+                    recorded_outcome = self._transcoder.decode(recorded_outcome)
+                except Exception as e:  # the front left the outcome to the replay to decode
+                    raise _Stop(record_pos, f"the record cannot be decoded: {e}") from None
         else:
             recorded_outcome = recorded_outcome[1]
         if (not same and expected_outcome != recorded_outcome

@@ -34,3 +34,11 @@ class MsgpackTranscoder(Transcoder):
     def decode(self, data: bytes) -> Any:
         out = msgpack.unpackb(data, ext_hook=_ext_hook, timestamp=3, raw=False, strict_map_key=False)
         return out
+
+    def unpacker(self, data: bytes) -> msgpack.Unpacker:
+        """An Unpacker over `data` whose items decode as decode() decodes them (for reading a
+        state part by part: its map header, keys, values, and values skipped as bytes)."""
+        unpacker = msgpack.Unpacker(ext_hook=_ext_hook, timestamp=3, raw=False,
+                                    strict_map_key=False, max_buffer_size=max(len(data), 1))
+        unpacker.feed(data)
+        return unpacker

@@ -415,6 +415,33 @@ def test_a_state_without_its_time_is_what_encoding_it_without_the_time_gives(
     assert _without_time(codec.encode({"a": 1, "timestamp": when}), 2) is None  # not first
 
 
+def test_a_command_records_outcome_is_left_as_its_stored_bytes(demo_db: Demo) -> None:
+    """The front reads a command record's fields as the transcoder decodes them but for the
+    outcome, which it keeps as the stored bytes: the bytes that encoding the outcome gives."""
+    from domain.command import CommandRecord
+    from ledger.audit_front import RawOutcome, _command_record_fields
+
+    codec = MsgpackTranscoder()
+    app = Registry(url(demo_db.path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        topic = f"{CommandRecord.Accepted.__module__}:{CommandRecord.Accepted.__qualname__}"
+        records = [r for r in app.recorder.select_records(1, 100_000) if r.topic == topic]
+    finally:
+        app.close()
+    assert len(records) > 20
+    for record in records:
+        decoded = codec.decode(record.state)
+        fields = _command_record_fields(record.state, codec)
+        assert fields is not None
+        raw = fields.pop("outcome")
+        assert type(raw) is RawOutcome
+        assert raw.data == codec.encode(decoded.pop("outcome"))
+        assert list(fields.items()) == list(decoded.items())
+    assert _command_record_fields(codec.encode([1, 2]), codec) is None  # not a map
+    assert _command_record_fields(codec.encode({"name": "x"}), codec) is None  # no outcome
+    assert _command_record_fields(codec.encode({"outcome": {}}) + b"\x00", codec) is None
+
+
 def test_a_trade_kept_only_as_a_taken_id_is_still_refused_when_settled_again() -> None:
     """The replay keeps of a settled trade only that its id is taken (audit._SETTLED): a
     second settlement under that id must still fail the rules, as against the whole trade."""

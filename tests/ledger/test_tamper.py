@@ -373,6 +373,23 @@ def test_edited_outcome_with_recomputed_chain_is_caught(con: sqlite3.Connection,
                           "what the rules give")
 
 
+def test_undecodable_outcome_with_recomputed_chain_is_named_at_its_record(
+        con: sqlite3.Connection, db: Path, demo_db: Demo) -> None:
+    """An outcome whose bytes are no valid msgpack text (the front leaves outcomes to the replay
+    to decode when their bytes differ from the rules' own) is named at its record."""
+    command_id = "pledge/PL-2021-001"
+    position = demo_db.positions[command_id]
+    state = read_state(con, position)
+    state["outcome"]["pledgee"] = "MARK" * 4
+    raw = T.encode(state).replace(b"MARK" * 4, b"\xff\xfe" * 8)
+    con.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (raw, position))
+    recompute_chain(con)
+    con.commit()
+    at, what = failure(audit(db, demo_db.operator_key))
+    assert at == position
+    assert what.startswith("the record cannot be decoded")
+
+
 def test_edited_signed_body_with_recomputed_chain_is_caught(con: sqlite3.Connection, db: Path,
                                                             demo_db: Demo) -> None:
     command_id = "trade/shaxian-exchange/SX-2021-0001"

@@ -38,7 +38,11 @@ def name_uuid(name: str) -> UUID:
     """uuid.uuid5(NAMESPACE, name), made without UUID.__init__'s argument checks (half the
     time; a trade id is a new name for every trade)."""
     digest = sha1(_NAMESPACE_BYTES + name.encode()).digest()
-    value = (int.from_bytes(digest[:16], "big") & _CLEAR) | _VERSION_5 | _VARIANT_RFC
+    return uuid_of_int((int.from_bytes(digest[:16], "big") & _CLEAR) | _VERSION_5 | _VARIANT_RFC)
+
+
+def uuid_of_int(value: int) -> UUID:
+    """UUID(int=value) for 0 <= value < 2**128, made without UUID.__init__'s argument checks."""
     made = _new(UUID)
     _set(made, "int", value)
     _set(made, "is_safe", SafeUUID.unknown)

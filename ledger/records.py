@@ -18,6 +18,8 @@ import msgpack
 
 from ledger import merkle
 
+_new = object.__new__
+_set = object.__setattr__
 GENESIS_CHAIN = hashlib.sha256(b"carbon-ledger/chain/v1").digest()
 
 
@@ -29,6 +31,17 @@ class Record:
     topic: str
     state: bytes
     chain: bytes = b""
+
+    @classmethod
+    def of(cls, position: int, originator_id: UUID, originator_version: int, topic: str,
+           state: bytes, chain: bytes = b"") -> Record:
+        """Record(...), made without the frozen dataclass's __init__ (a reader makes one per
+        position)."""
+        record = _new(cls)
+        _set(record, "__dict__", {"position": position, "originator_id": originator_id,
+                                  "originator_version": originator_version, "topic": topic,
+                                  "state": state, "chain": chain})
+        return record
 
     def canonical_bytes(self) -> bytes:
         return record_bytes(self.originator_id, self.originator_version, self.topic, self.state)

@@ -40,6 +40,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
+from domain.base import uuid_of_int
 from ledger import merkle
 from ledger.records import GENESIS_CHAIN, Record, next_chain, record_bytes, record_bytes_of
 
@@ -156,7 +157,11 @@ class LedgerTables:
         if found is None:
             if len(self._uuids) > 200_000:  # a bounded memo: aggregates recur, trades do not
                 self._uuids.clear()
-            found = self._uuids[value] = UUID(value)
+            if type(value) is str and len(value) == 32:  # hex, as SQLite keeps it
+                found = uuid_of_int(int(value, 16))  # what UUID(value) checks and does
+            else:
+                found = UUID(value)
+            self._uuids[value] = found
         return found
 
     def _lock(self, c: Any) -> None:
@@ -269,8 +274,9 @@ class LedgerTables:
         """Records with positions >= start (and <= stop), in log order, with their chain values."""
         rows = self._select_range(f"{self.POS} AS position, originator_id, originator_version, "
                                   "topic, state, chain", [], start, limit, stop)
-        return [Record(r["position"], self._uuid(r["originator_id"]), r["originator_version"],
-                       r["topic"], bytes(r["state"]), bytes(r["chain"] or b"")) for r in rows]
+        uuid, make = self._uuid, Record.of
+        return [make(r["position"], uuid(r["originator_id"]), r["originator_version"], r["topic"],
+                     bytes(r["state"]), bytes(r["chain"] or b"")) for r in rows]
 
     def select_leaf_hashes(self, start: int, limit: int, stop: int | None = None) -> list[bytes]:
         """The leaf hashes of the records with positions >= start (and <= stop), in log order:

@@ -8,7 +8,7 @@ from uuid import RFC_4122, UUID, uuid5
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.base import NAMESPACE, aggregate_id, name_uuid
+from domain.base import NAMESPACE, aggregate_id, name_uuid, uuid_of_int
 from domain.trade import Trade
 
 names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)
@@ -32,3 +32,11 @@ def test_ids_of_stored_streams_do_not_change() -> None:
                                                            "trade/shaxian-exchange/T-1")
     assert str(NAMESPACE) == str(uuid5(UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8"),
                                        "urn:carbon-ledger:registry"))
+
+
+@given(st.integers(0, 2**128 - 1))
+def test_a_uuid_made_of_an_int_is_the_standard_one(value: int) -> None:
+    made, standard = uuid_of_int(value), UUID(int=value)
+    assert made == standard and hash(made) == hash(standard) and str(made) == str(standard)
+    assert made.bytes == standard.bytes and made.is_safe == standard.is_safe
+    assert UUID(made.hex) == made

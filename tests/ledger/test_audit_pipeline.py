@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from hypothesis import given, settings
@@ -472,3 +473,21 @@ def test_the_readers_pipe_holds_a_whole_chunk() -> None:
     finally:
         reading.close()
         writing.close()
+
+
+def test_records_made_fast_are_the_dataclass_records(demo_db: Demo) -> None:
+    """The store makes its records with Record.of: the same records as Record(...)."""
+    from ledger.records import Record
+
+    app = Registry(url(demo_db.path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        records = app.recorder.select_records(1, 100_000)
+    finally:
+        app.close()
+    assert len(records) > 50
+    for r in records:
+        again = Record(r.position, r.originator_id, r.originator_version, r.topic, r.state,
+                       r.chain)
+        assert r == again and hash(r) == hash(again) and repr(r) == repr(again)
+        assert r.leaf_hash() == again.leaf_hash()
+        assert type(r.originator_id) is UUID and r.originator_id == UUID(r.originator_id.hex)

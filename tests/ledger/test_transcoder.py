@@ -1,0 +1,63 @@
+"""The transcoder's bytes are msgpack.packb's, whichever thread encodes and whatever failed before."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.transcoder import MsgpackTranscoder, _default
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=20)
+    | st.binary(max_size=20) | st.uuids()
+    | st.datetimes(timezones=st.just(UTC)),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=5),
+    max_leaves=20)
+
+
+def _reference(obj: Any) -> bytes:
+    return msgpack.packb(obj, default=_default, datetime=True, use_bin_type=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_encode_gives_packbs_bytes_and_decodes_back(value: Any) -> None:
+    codec = MsgpackTranscoder()
+    assert codec.encode(value) == _reference(value)
+    assert codec.decode(codec.encode(value)) == value
+
+
+def test_a_failed_encode_leaves_nothing_behind() -> None:
+    codec = MsgpackTranscoder()
+    with pytest.raises(TypeError):
+        codec.encode({"a": [1, 2, object()]})
+    assert codec.encode({"b": 1}) == _reference({"b": 1})
+
+
+def test_threads_encoding_at_once_get_their_own_bytes() -> None:
+    codec = MsgpackTranscoder()
+    wrong: list[int] = []
+
+    def work(n: int) -> None:
+        value = {"n": n, "id": UUID(int=n), "at": datetime(2021, 1, 1, tzinfo=UTC),
+                 "s": "x" * (n % 300)}
+        want = _reference(value)
+        for _ in range(2000):
+            if codec.encode(value) != want:
+                wrong.append(n)
+                return
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

@@ -180,13 +180,18 @@ class LedgerAggregate(Aggregate):
                     state[key] = _clone(value)
 
     def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
-        self._own_containers()
+        self._trigger(event_class, kwargs)
+
+    def _trigger(self, event_class: type[Any], given: dict[str, Any]) -> None:
         # What the library's trigger_event does, without its keyword juggling and dataclass
         # __init__: the same event, its fields in the same order (so the same stored bytes).
-        event = _new_event(event_class, {"originator_id": self._id,
-                                         "originator_version": self._version + 1}, kwargs)
+        state = self.__dict__
+        if "_shared" in state:
+            self._own_containers()
+        event = _new_event(event_class, {"originator_id": state["_id"],
+                                         "originator_version": state["_version"] + 1}, given)
         event.mutate(self)
-        self._pending_events.append(event)
+        state["_pending_events"].append(event)
 
     @classmethod
     def _create(cls, event_class: type[Any], *, id: Any = None, **kwargs: Any) -> Any:  # noqa: A002
@@ -204,4 +209,6 @@ class LedgerAggregate(Aggregate):
         """Raise AssertionError when the aggregate's state breaks a rule that must always hold."""
 
     def _emit(self, event_class: type[Any], actor: str, command_id: str, **fields: Any) -> None:
-        self.trigger_event(event_class, actor=actor, command_id=command_id, **fields)
+        fields["actor"] = actor
+        fields["command_id"] = command_id
+        self._trigger(event_class, fields)

@@ -24,11 +24,11 @@ WHEN = datetime(2021, 11, 18, 9, 30, tzinfo=UTC)
 def _library_path(m: pytest.MonkeyPatch) -> None:
     """LedgerAggregate with the library's own _create and trigger_event (forks still copied on
     their first change)."""
-    def trigger(self: Any, event_class: type[Any], **kwargs: Any) -> None:
+    def trigger(self: Any, event_class: type[Any], given: dict[str, Any]) -> None:
         self._own_containers()
-        Aggregate.trigger_event(self, event_class, **kwargs)
+        Aggregate.trigger_event(self, event_class, **given)
 
-    m.setattr(LedgerAggregate, "trigger_event", trigger)
+    m.setattr(LedgerAggregate, "_trigger", trigger)  # under trigger_event and _emit
     m.setattr(LedgerAggregate, "_create", classmethod(
         lambda cls, event_class, **kw: Aggregate._create.__func__(cls, event_class, **kw)))
 

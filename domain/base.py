@@ -20,6 +20,24 @@ from eventsourcing.utils import get_topic, resolve_topic
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:carbon-ledger:registry")
 
 
+def id_memo(kind: str) -> Any:
+    """aggregate_id(kind, key) for one kind of aggregate keyed by one string, memoised in a plain
+    dict (a lookup of the key's cached hash, against lru_cache's tuple of the arguments): the
+    ids of participants and tickets are asked for several times per trade. The memo is emptied
+    when it grows past 100,000 keys."""
+    memo: dict[str, UUID] = {}
+
+    def id_for(key: str) -> UUID:
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= 100_000:
+                memo.clear()
+            found = memo[key] = aggregate_id(kind, key)
+        return found
+
+    return id_for
+
+
 @lru_cache(maxsize=100_000)
 def aggregate_id(kind: str, *key: str) -> UUID:
     """Deterministic aggregate ids, so that a natural key maps to one stream and duplicates collide."""

@@ -9,7 +9,7 @@ and canonical state.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
 from itertools import count as count_from
 from operator import eq, itemgetter
@@ -55,14 +55,17 @@ def select(blocks: Sequence[Block], holder: str, state: str, ref: str, quantity:
     """
     out: list[Range] = []
     need = quantity
-    if need:
-        holders = getattr(blocks, "holders", None)
-        if holders is None or len(holders) != len(blocks):
-            found: Iterable[int] = compress(count_from(), map(eq, map(_HOLDER, blocks),
-                                                            repeat(holder)))
-        else:
-            found = _indices(holders, holder)
-        for i in found:
+    if not need:
+        return out
+    holders = getattr(blocks, "holders", None)
+    if holders is not None and len(holders) == len(blocks):
+        index = holders.index
+        i = -1
+        while True:
+            try:
+                i = index(holder, i + 1)
+            except ValueError:
+                break
             first, last, h, s, r = blocks[i]
             if h == holder and s == state and r == ref:
                 take = min(need, last - first + 1)
@@ -70,19 +73,16 @@ def select(blocks: Sequence[Block], holder: str, state: str, ref: str, quantity:
                 need -= take
                 if need == 0:
                     break
+        return normalise(out)
+    for i in compress(count_from(), map(eq, map(_HOLDER, blocks), repeat(holder))):
+        first, last, h, s, r = blocks[i]
+        if s == state and r == ref:
+            take = min(need, last - first + 1)
+            out.append((first, first + take - 1))
+            need -= take
+            if need == 0:
+                break
     return normalise(out)
-
-
-def _indices(items: list[str], item: str) -> Iterator[int]:
-    """Every index of `item` in `items`, in order, found by list.index."""
-    i = -1
-    index = items.index
-    try:
-        while True:
-            i = index(item, i + 1)
-            yield i
-    except ValueError:
-        return
 
 
 def count(blocks: Sequence[Block], holder: str | None = None, state: str | None = None,

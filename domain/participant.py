@@ -5,15 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from domain.base import LedgerAggregate, aggregate_id
+from domain.base import LedgerAggregate, id_memo
 from domain.errors import DomainError
 from domain.values import Role, a
 
 
 class Participant(LedgerAggregate):
-    @staticmethod
-    def id_for(participant_id: str):
-        return aggregate_id("participant", participant_id)
+    id_for = staticmethod(id_memo("participant"))
 
     class Registered(LedgerAggregate.Created):
         participant_id: str

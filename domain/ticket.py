@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from domain import blocks as B
-from domain.base import LedgerAggregate, aggregate_id
+from domain.base import LedgerAggregate, id_memo
 from domain.errors import DomainError
 from domain.values import UnitState, format_serial
 
@@ -26,9 +26,7 @@ def _ranges(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
 
 
 class Ticket(LedgerAggregate):
-    @staticmethod
-    def id_for(ticket_no: str):
-        return aggregate_id("ticket", ticket_no)
+    id_for = staticmethod(id_memo("ticket"))
 
     class Issued(LedgerAggregate.Created):
         ticket_no: str

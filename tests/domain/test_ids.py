@@ -40,3 +40,26 @@ def test_a_uuid_made_of_an_int_is_the_standard_one(value: int) -> None:
     assert made == standard and hash(made) == hash(standard) and str(made) == str(standard)
     assert made.bytes == standard.bytes and made.is_safe == standard.is_safe
     assert UUID(made.hex) == made
+
+
+@given(st.lists(st.text(max_size=12), max_size=30))
+def test_memoised_participant_and_ticket_ids_are_the_aggregate_ids(keys: list[str]) -> None:
+    from domain.participant import Participant
+    from domain.ticket import Ticket
+
+    for key in keys + keys:
+        assert Participant.id_for(key) == aggregate_id("participant", key)
+        assert Ticket.id_for(key) == aggregate_id("ticket", key)
+
+
+def test_an_id_memo_is_emptied_when_it_grows_past_its_bound() -> None:
+    from domain.base import id_memo
+
+    id_for = id_memo("probe")
+    first = id_for("k-0")
+    for n in range(100_001):
+        id_for(f"k-{n}")
+    assert id_for("k-0") == first == aggregate_id("probe", "k-0")
+    assert id_for.__closure__ is not None
+    memo = next(c.cell_contents for c in id_for.__closure__ if isinstance(c.cell_contents, dict))
+    assert len(memo) <= 100_000

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from domain.errors import DomainError
 from ledger import demo
@@ -394,3 +396,41 @@ def test_participant_with_a_malformed_public_key_is_refused(app: Registry, varia
     assert e.value.code == "invalid_argument"
     assert app.log_position() == before
     assert "new-holder" not in app.projection().participants
+
+
+def _parse_with_hooks(body: bytes) -> Any:
+    """parse_canonical as it was before its fast path: every key and integer checked by hooks."""
+    from ledger.signing import _ascii_keys, _checked_int, _no_float
+
+    obj = json.loads(body.decode("utf-8"), parse_float=_no_float, parse_constant=_no_float,
+                     parse_int=_checked_int, object_pairs_hook=_ascii_keys)
+    if canonical_json(obj, checked=True) != body:
+        raise DomainError("non_canonical", "")
+    return obj
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**60, 2**60) | st.text(max_size=8)
+    | st.sampled_from(["é", "碳票", "9" * 16, "x" * 17]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=6) | st.sampled_from(["é", "数量", "1234567890123456"]), inner,
+        max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_values)
+def test_parse_canonical_agrees_with_the_hooks_on_every_body(value: Any) -> None:
+    """The fast path (an ASCII body with no 16-digit run) parses or refuses exactly as checking
+    every key and integer does."""
+    from ledger.signing import parse_canonical
+
+    body = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+    def outcome(parse: Any) -> Any:
+        try:
+            return ("ok", parse(body))
+        except DomainError as e:
+            return ("refused", e.code)
+
+    assert outcome(parse_canonical) == outcome(_parse_with_hooks)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from itertools import compress, repeat
-from itertools import count as count_from
-from operator import eq, itemgetter
+from operator import itemgetter
 from sys import intern
 from typing import Any
 
@@ -49,34 +47,26 @@ def select(blocks: Sequence[Block], holder: str, state: str, ref: str, quantity:
     """The lowest serials held by `holder` in (`state`, `ref`), `quantity` of them, as ranges.
 
     Returns fewer than asked when there are not enough; the caller decides what that means.
-    The blocks of other holders are skipped in C: by their holders alone, or, in a
-    `WatchedBlocks` list, by the list of holders it keeps beside them (nothing of those blocks
-    is read then). The holder's own blocks are read until enough units are found.
+    The blocks of other holders are skipped in C, by list.index over the blocks' holders: the
+    list a `WatchedBlocks` keeps beside its blocks (nothing of the other blocks is read then),
+    or one made of the blocks. The holder's own blocks are read until enough units are found.
     """
     out: list[Range] = []
     need = quantity
     if not need:
         return out
     holders = getattr(blocks, "holders", None)
-    if holders is not None and len(holders) == len(blocks):
-        index = holders.index
-        i = -1
-        while True:
-            try:
-                i = index(holder, i + 1)
-            except ValueError:
-                break
-            first, last, h, s, r = blocks[i]
-            if h == holder and s == state and r == ref:
-                take = min(need, last - first + 1)
-                out.append((first, first + take - 1))
-                need -= take
-                if need == 0:
-                    break
-        return normalise(out)
-    for i in compress(count_from(), map(eq, map(_HOLDER, blocks), repeat(holder))):
+    if holders is None or len(holders) != len(blocks):
+        holders = list(map(_HOLDER, blocks))
+    index = holders.index
+    i = -1
+    while True:
+        try:
+            i = index(holder, i + 1)
+        except ValueError:
+            break
         first, last, h, s, r = blocks[i]
-        if s == state and r == ref:
+        if h == holder and s == state and r == ref:
             take = min(need, last - first + 1)
             out.append((first, first + take - 1))
             need -= take

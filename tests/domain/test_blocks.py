@@ -249,3 +249,33 @@ def test_a_change_of_unknown_place_drops_the_holders_until_sealed() -> None:
     watched[1:2] = [7]
     assert watched.holders is None  # select reads the blocks themselves
     assert watched.touched() == (1, 2)
+
+
+_assignment = st.tuples(st.integers(-12, 12), st.integers(-12, 12), st.integers(0, 4),
+                        st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10), st.lists(_assignment, max_size=6))
+def test_watched_blocks_name_a_span_outside_which_nothing_changed(
+        size: int, changes: list[tuple[int, int, int, bool]]) -> None:
+    """Outside the span the list reports, its items are the items it had when sealed: the same
+    before the span, and after it the same ones shifted by the change in length."""
+    original = [object() for _ in range(size)]
+    watched = B.WatchedBlocks(original)
+    watched.seal()
+    for a, b, n, by_index in changes:
+        if by_index:
+            if -len(watched) <= a < len(watched):
+                watched[a] = object()
+        else:
+            watched[a:b] = [object() for _ in range(n)]
+    span = watched.touched()
+    assert span is not None
+    lo, hi = span
+    shift = len(watched) - size
+    assert 0 <= lo <= hi <= len(watched)
+    assert all(x is y for x, y in zip(watched[:lo], original[:lo], strict=True))
+    assert all(x is y for x, y in zip(watched[hi:], original[hi - shift:], strict=True))
+    if not changes or all(by_index and not -size <= a < size for a, _, _, by_index in changes):
+        assert lo == hi

@@ -32,7 +32,7 @@ def id_memo(kind: str) -> Any:
         if found is None:
             if len(memo) >= 100_000:
                 memo.clear()
-            found = memo[key] = aggregate_id(kind, key)
+            found = memo[key] = name_uuid(f"{kind}/{key}")  # aggregate_id(kind, key)
         return found
 
     return id_for
@@ -77,11 +77,6 @@ def _clone(value: Any) -> Any:
     if isinstance(value, set):
         return set(value)
     return value
-
-
-@cache
-def _topic_class(topic: str) -> Any:
-    return resolve_topic(topic)
 
 
 @cache
@@ -159,10 +154,10 @@ class LedgerAggregate(Aggregate):
 
     class Created(Event, Aggregate.Created):
         def mutate(self, aggregate: Any) -> Any:
-            """The library's CanInitAggregate.mutate, with the topic's class and the names its
-            __init__ takes looked up once per class."""
+            """The library's CanInitAggregate.mutate, with the names the aggregate's __init__
+            takes looked up once per class."""
             assert aggregate is None
-            cls = _topic_class(self.originator_topic)
+            cls = resolve_topic(self.originator_topic)  # the library keeps topics resolved
             agg = cls.__new__(cls)
             fields = self.__dict__
             agg.__base_init__(fields["originator_id"], fields["originator_version"],

@@ -227,47 +227,53 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
         super().__init__(blocks)
         self.spans: list[tuple[int, int, int]] = []
         self.unknown = False
-        self.holders: list[str] | None = _holders(self)
         self.encode = encode
-        self.encoded: list[str] | None = self._encode_all()
+        self.holders: list[str] | None = None
+        self.encoded: list[str] | None = None
+        self._derive()
 
-    def _encode_all(self) -> list[str] | None:
-        if self.encode is None:
-            return None
+    def _derive(self) -> None:
+        """Make the holders (and the encodings) from the blocks; None where they are not blocks."""
         try:
-            return list(map(self.encode, self))
-        except Exception:  # not blocks
-            return None
+            self.holders = list(map(_HOLDER, self))
+            self.encoded = None if self.encode is None else list(map(self.encode, self))
+        except Exception:  # not blocks: select and the commitment read the blocks then
+            self.holders = self.encoded = None
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if type(key) is slice and key.step is None:
+        if type(key) is int:
+            at = key + len(self) if key < 0 else key
+            list.__setitem__(self, key, value)  # an IndexError as a list's
+            self._note(at, at + 1, [value])
+        elif type(key) is slice and key.step is None:
             lo, hi, _ = key.indices(len(self))
             if type(value) is not list:
                 value = list(value)
             list.__setitem__(self, key, value)
-            self.spans.append((lo, hi if hi > lo else lo, len(value)))
-            try:
-                if self.holders is not None:
-                    self.holders[lo:hi] = map(_HOLDER, value)
-                if self.encoded is not None:
-                    self.encoded[lo:hi] = map(self.encode, value)  # type: ignore[arg-type]
-            except Exception:  # not blocks: select and the commitment read the blocks then
-                self.holders = self.encoded = None
-        elif type(key) is int:
-            at = key + len(self) if key < 0 else key
-            list.__setitem__(self, key, value)
-            self.spans.append((at, at + 1, 1))
-            try:
-                if self.holders is not None:
-                    self.holders[at] = value[2]
-                if self.encoded is not None:
-                    self.encoded[at] = self.encode(value)  # type: ignore[misc]
-            except Exception:
-                self.holders = self.encoded = None
+            self._note(lo, max(hi, lo), value)
         else:
-            self.unknown = True
-            self.holders = self.encoded = None
+            self._lose_track()
             list.__setitem__(self, key, value)
+
+    def _note(self, lo: int, hi: int, items: list[Any]) -> None:
+        """items replaced the blocks lo..hi-1: note the span, and keep holders and encodings."""
+        self.spans.append((lo, hi, len(items)))
+        try:
+            if self.holders is not None:
+                self.holders[lo:hi] = map(_HOLDER, items)
+            if self.encoded is not None:
+                self.encoded[lo:hi] = map(self.encode, items)  # type: ignore[arg-type]
+        except Exception:  # not blocks
+            self.holders = self.encoded = None
+
+    def _lose_track(self) -> None:
+        self.unknown = True
+        self.holders = self.encoded = None
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the blocks are the ones of the last seal (nothing noted since)."""
+        return not self.spans and not self.unknown
 
     def touched(self) -> tuple[int, int] | None:
         """The span lo..hi-1 of the current list outside which every item is an item of the list
@@ -292,24 +298,14 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
     def seal(self) -> None:
         """Take the current items as the ones to note changes from."""
         self.spans.clear()
-        if self.unknown or self.holders is None:
-            self.holders = _holders(self)
-        if self.unknown or self.encoded is None:
-            self.encoded = self._encode_all()
+        if self.unknown or self.holders is None or (self.encode and self.encoded is None):
+            self._derive()
         self.unknown = False
-
-
-def _holders(blocks: list[Any]) -> list[str] | None:
-    try:
-        return list(map(_HOLDER, blocks))
-    except Exception:  # not blocks
-        return None
 
 
 def _unknown_change(name: str) -> Any:
     def method(self: WatchedBlocks, *args: Any, **kwargs: Any) -> Any:
-        self.unknown = True
-        self.holders = self.encoded = None
+        self._lose_track()
         return getattr(list, name)(self, *args, **kwargs)
 
     method.__name__ = name

@@ -71,12 +71,9 @@ class TicketInvariants:
         """The JSON of each of the ticket's blocks, when they are the blocks last verified,
         unchanged since, and their JSON is known; else None."""
         seen = self._verified.get(ticket.id)
-        if seen is None:
+        if seen is None or seen[0] is not ticket.blocks or not seen[0].sealed:
             return None
-        blocks = seen[0]
-        if blocks is not ticket.blocks or blocks.spans or blocks.unknown:
-            return None
-        return blocks.encoded
+        return seen[0].encoded
 
     @staticmethod
     def _changed_part_holds(blocks: WatchedBlocks, quantity: Any) -> bool:

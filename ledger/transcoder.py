@@ -27,6 +27,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
+# How stored states decode: by decode() whole, or part by part by an unpacker().
+_UNPACKING: dict[str, Any] = {"ext_hook": _ext_hook, "timestamp": 3, "raw": False,
+                              "strict_map_key": False}
+
+
 class MsgpackTranscoder(Transcoder):
     """Events' attribute dicts as msgpack; datetimes as msgpack timestamps (UTC)."""
 
@@ -42,13 +47,12 @@ class MsgpackTranscoder(Transcoder):
         return packer.pack(obj)
 
     def decode(self, data: bytes) -> Any:
-        out = msgpack.unpackb(data, ext_hook=_ext_hook, timestamp=3, raw=False, strict_map_key=False)
-        return out
+        return msgpack.unpackb(data, **_UNPACKING)
 
     def unpacker(self, data: bytes) -> msgpack.Unpacker:
         """An Unpacker over `data` whose items decode as decode() decodes them (for reading a
         state part by part: its map header, keys, values, and values skipped as bytes)."""
-        unpacker = msgpack.Unpacker(ext_hook=_ext_hook, timestamp=3, raw=False,
-                                    strict_map_key=False, max_buffer_size=max(len(data), 1))
+        unpacker = msgpack.Unpacker(**_UNPACKING, max_buffer_size=max(len(data), 1))
         unpacker.feed(data)
         return unpacker
+

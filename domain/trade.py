@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from domain.base import LedgerAggregate, aggregate_id
+from uuid import UUID
+
+from domain.base import LedgerAggregate, name_uuid
 
 
 class Trade(LedgerAggregate):
     @staticmethod
-    def id_for(exchange: str, trade_id: str):
-        return aggregate_id("trade", exchange, trade_id)
+    def id_for(exchange: str, trade_id: str) -> UUID:
+        # aggregate_id("trade", exchange, trade_id), without its lru_cache: nearly every trade id
+        # is asked for once (when it is settled), so a cache would only evict ids that matter.
+        return name_uuid(f"trade/{exchange}/{trade_id}")
 
     class Settled(LedgerAggregate.Created):
         trade_id: str
@@ -36,6 +40,11 @@ class Trade(LedgerAggregate):
         self.batch_id = batch_id
 
     @classmethod
-    def settle(cls, *, actor: str, command_id: str, exchange: str, trade_id: str, **fields) -> Trade:
-        return cls._create(cls.Settled, id=cls.id_for(exchange, trade_id), actor=actor,
+    def settle(cls, *, actor: str, command_id: str, exchange: str, trade_id: str,
+               id: UUID | None = None, **fields) -> Trade:  # noqa: A002
+        """The trade's Settled event; `id` is Trade.id_for(exchange, trade_id), when the caller
+        has it already."""
+        if id is None:
+            id = cls.id_for(exchange, trade_id)  # noqa: A001
+        return cls._create(cls.Settled, id=id, actor=actor,
                            command_id=command_id, exchange=exchange, trade_id=trade_id, **fields)

@@ -227,15 +227,15 @@ class Handlers:
         self._holder(uow, buyer_id)
         seller.require_mandate(exchange)
         seller.require_not_frozen("transfer units out")
-        uow.absent(Trade, Trade.id_for(exchange, item["trade_id"]),
-                   f"trade {item['trade_id']} of {exchange}")
+        trade_uuid = Trade.id_for(exchange, item["trade_id"])
+        uow.absent(Trade, trade_uuid, f"trade {item['trade_id']} of {exchange}")
         ticket = uow.ticket(item["ticket_no"])
         ranges = ticket.units_of(seller_id, item["quantity_t"], doing="transfer",
                                  first=item["first"] or None, last=item["last"] or None)
         ticket.transfer(ranges=ranges, trade_id=item["trade_id"], exchange=exchange, seller=seller_id,
                         buyer=buyer_id, actor=cmd.actor, command_id=cmd.command_id)
         uow.add(Trade.settle(actor=cmd.actor, command_id=cmd.command_id, exchange=exchange,
-                             trade_id=item["trade_id"], seller=seller_id, buyer=buyer_id,
+                             trade_id=item["trade_id"], id=trade_uuid, seller=seller_id, buyer=buyer_id,
                              ticket_no=ticket.ticket_no, quantity_t=item["quantity_t"], ranges=ranges,
                              price_fen=item["price_fen"], mode=item["mode"], batch_id=batch_id))
         return {"trade_id": item["trade_id"], "ticket_no": ticket.ticket_no, "seller": seller_id,

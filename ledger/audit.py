@@ -60,7 +60,7 @@ from ledger.audit_state import AuditCommitment, TicketInvariants, TreeProcess
 from ledger.authentication import SignatureJob, authenticate
 from ledger.checkpoints import COSIGNATURE_PREFIX, Checkpoint, b64
 from ledger.handlers import Handlers, UnitOfWork
-from ledger.records import Record
+from ledger.records import RecordRow
 from ledger.transcoder import MsgpackTranscoder
 
 EXPORT_FORMAT = "carbon-ledger-export/1"
@@ -72,7 +72,7 @@ STATE_MISMATCH = "its state commitment does not match the replayed state"
 class LogSource(Protocol):
     def size(self) -> int: ...
 
-    def records(self) -> Iterator[list[Record]]: ...
+    def rows(self) -> Iterator[list[RecordRow]]: ...
 
     def checkpoints(self) -> list[tuple[int, bytes, bytes]]: ...
 
@@ -89,14 +89,14 @@ class DatabaseSource:
     def size(self) -> int:
         return self._size
 
-    def records(self) -> Iterator[list[Record]]:
+    def rows(self) -> Iterator[list[RecordRow]]:
         start = 1
         while start <= self._size:
-            batch = self.recorder.select_records(start, BATCH, stop=self._size)
+            batch = self.recorder.select_record_rows(start, BATCH, stop=self._size)
             if not batch:
                 return
             yield batch
-            start = batch[-1].position + 1
+            start = batch[-1][0] + 1
 
     def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
         return self.recorder.select_checkpoints()
@@ -121,10 +121,10 @@ class DatabaseSource:
 class _ForkedDatabaseSource(DatabaseSource):
     recipe: Callable[[], Any]
 
-    def records(self) -> Iterator[list[Record]]:
+    def rows(self) -> Iterator[list[RecordRow]]:
         if self.recorder is None:
             self.recorder = self.recipe()
-        yield from super().records()
+        yield from super().rows()
 
 
 def _recorder_recipe(recorder: Any) -> Callable[[], Any] | None:
@@ -238,12 +238,11 @@ class ExportSource:
     def size(self) -> int:
         return self._size
 
-    def records(self) -> Iterator[list[Record]]:
-        batch: list[Record] = []
+    def rows(self) -> Iterator[list[RecordRow]]:
+        batch: list[RecordRow] = []
         for item in self._items():
             if item[0] == "r":
-                _, pos, oid, version, topic, state, chain = item
-                batch.append(Record(pos, UUID(bytes=oid), version, topic, state, chain))
+                batch.append(tuple(item[1:]))  # type: ignore[arg-type]
                 if len(batch) >= BATCH:
                     yield batch
                     batch = []
@@ -270,10 +269,9 @@ def export(recorder: Any, path: Path, progress: Callable[[int, int], None] | Non
         packer = msgpack.Packer(use_bin_type=True)
         f.write(packer.pack({"format": EXPORT_FORMAT, "size": total,
                              "exported_at": int(time.time())}))
-        for batch in source.records():
-            for r in batch:
-                f.write(packer.pack(["r", r.position, r.originator_id.bytes, r.originator_version,
-                                     r.topic, r.state, r.chain]))
+        for batch in source.rows():
+            for position, oid, version, topic, state, chain in batch:
+                f.write(packer.pack(["r", position, oid, version, topic, state, chain]))
                 count += 1
             if progress:
                 progress(count, total)
@@ -421,6 +419,7 @@ def _taken_trade_id() -> Trade:
 
 
 _SETTLED = _taken_trade_id()
+_NO_ID = object()
 
 READER_MIN_RECORDS = 20_000  # below this, extra processes (a reader, signature workers) cost more than they save
 
@@ -468,7 +467,7 @@ class Auditor:
                 self.used_reader_process = True
                 return process, process.items()
         front = Front(checkpoints)
-        return front, run_inline(front, source.records())
+        return front, run_inline(front, source.rows())
 
     def _run(self, source: LogSource) -> AuditReport:
         started = time.perf_counter()
@@ -498,23 +497,27 @@ class Auditor:
                     kind = type(item)
                     if kind is Group:
                         at = item.position
-                        self._replay_command(item, state, commitment, tickets, sigs)
-                        if genesis is None:
-                            genesis = state.get(Genesis.id_for())  # type: ignore[assignment]
-                            self._check_genesis(genesis, at, report)
-                        report.commands += 1
-                        # The front listed every checkpoint up to this command, in order:
-                        # None for one that does not end here.
-                        for found in item.checkpoints:
-                            size, body, signature = checkpoints[next_cp]
-                            if found is None:
-                                raise _Stop(size, f"the checkpoint at size {size} does not end at a "
-                                            "command boundary")
-                            assert genesis is not None
-                            prev_cp = self._check_checkpoint(
-                                body, signature, size, found, commitment, prev_cp, genesis,
-                                state, cosignatures.get(size, []), sigs, report)
-                            next_cp += 1
+                        try:
+                            self._replay_command(item, state, commitment, tickets, sigs)
+                            if genesis is None:
+                                genesis = state.get(Genesis.id_for())  # type: ignore[assignment]
+                                self._check_genesis(genesis, at, report)
+                            report.commands += 1
+                            # The front listed every checkpoint up to this command, in order:
+                            # None for one that does not end here.
+                            for found in item.checkpoints:
+                                size, body, signature = checkpoints[next_cp]
+                                if found is None:
+                                    raise _Stop(size, f"the checkpoint at size {size} does not "
+                                                "end at a command boundary")
+                                assert genesis is not None
+                                prev_cp = self._check_checkpoint(
+                                    body, signature, size, found, commitment, prev_cp, genesis,
+                                    state, cosignatures.get(size, []), sigs, report)
+                                next_cp += 1
+                        except Exception:
+                            self._check_unread(item)  # an earlier failure of its own events
+                            raise
                     elif kind is Progress:
                         report.records = item.position
                         if self.progress:
@@ -678,6 +681,26 @@ class Auditor:
                 continue
             state[agg.id] = agg
             commitment.touch(agg)
+
+    def _check_unread(self, g: Group) -> None:
+        """Stop at the first of the command's events that does not decode, or that belongs to
+        another command: what the front finds when it reads an event, for the events it left
+        unread (ledger.audit_front._unread). A replay that goes through has shown both for
+        every event; one that fails calls this first, so that the earlier failure is named."""
+        for i, (_topic, _oid, _version, norm, _when) in enumerate(g.events):
+            if type(norm) is not bytes:
+                continue
+            position = g.first + i
+            try:
+                fields = self._transcoder.decode(norm)
+                if not isinstance(fields, dict):
+                    raise ValueError("the state is not a map")
+            except Exception as e:
+                raise _Stop(position, f"the record cannot be decoded: {e}", position) from None
+            if fields.get("command_id", _NO_ID) != g.command_id:
+                raise _Stop(position, "the event belongs to command "
+                            f"{fields.get('command_id', '?')} but is recorded inside command "
+                            f"{g.command_id}", g.position)
 
     def _same_as_recorded(self, want: Any, oid: bytes, version: int, norm: Any) -> bool:
         """The one-pass audit's comparison of a produced event with the recorded one."""

@@ -32,18 +32,19 @@ from collections.abc import Iterable, Iterator
 from multiprocessing import get_context
 from typing import Any, NamedTuple
 
+import msgpack
 from eventsourcing.utils import resolve_topic
 
 from domain import commands as C
-from domain.base import LedgerAggregate
+from domain.base import LedgerAggregate, uuid_of_int
 from domain.command import CommandRecord
 from domain.errors import DomainError
 from domain.participant import Participant
 from ledger import merkle
 from ledger.authentication import split_signatures
-from ledger.records import GENESIS_CHAIN, Record, next_chain
+from ledger.records import GENESIS_CHAIN, RecordRow, next_chain, record_bytes_of
 from ledger.signing import Signature, SignedCommand, parse_canonical
-from ledger.transcoder import MsgpackTranscoder
+from ledger.transcoder import _UNPACKING, MsgpackTranscoder
 
 CHUNK_RECORDS = 1000  # records' worth of items per message from the reader process
 PIPE_BYTES = 1 << 20  # the room asked for in the pipe the items come through
@@ -108,7 +109,8 @@ class Front:
         self.chain = GENESIS_CHAIN
         self.tree = merkle.MerkleTree()
         self.chains: dict[int, bytes] = {}
-        self.group: list[tuple[Record, Any]] = []
+        # the open command's records, each with its decoded event, or None for one left unread
+        self.group: list[tuple[RecordRow, Any]] = []
         self.seen: set[str] = set()
         self.classes: dict[str, type] = {}
         self.transcoder = MsgpackTranscoder()
@@ -116,7 +118,7 @@ class Front:
 
     # Records in --------------------------------------------------------------------------------
 
-    def feed(self, batch: list[Record], out: list[Item], progress: bool = True) -> None:
+    def feed(self, batch: list[RecordRow], out: list[Item], progress: bool = True) -> None:
         """Check a batch of records, appending the items it completes to `out` (and, with
         `progress`, a Progress item at its end)."""
         if self.halted:
@@ -124,15 +126,16 @@ class Front:
         position, chain = self.position, self.chain
         leaves = []
         stop: Stop | None = None
-        for record in batch:
+        leaf_hash = merkle.leaf_hash
+        for row in batch:
             expected = position + 1
-            if record.position != expected:
+            if row[0] != expected:
                 stop = Stop(expected, f"record {expected} is missing (the next record is "
-                            f"{record.position}): records were deleted or reordered", expected - 1)
+                            f"{row[0]}): records were deleted or reordered", expected - 1)
                 break
-            leaf = record.leaf_hash()
+            leaf = leaf_hash(record_bytes_of(row[1], row[2], row[3], row[4]))
             chain = next_chain(chain, leaf)
-            if record.chain != chain:
+            if row[5] != chain:
                 stop = Stop(expected, "the record does not match the hash chain: its bytes were "
                             "altered, or records were inserted, deleted or reordered", expected - 1)
                 break
@@ -142,12 +145,14 @@ class Front:
                 self.chains[position] = chain
         self.tree.extend(leaves)
         try:
-            for record in batch[:len(leaves)]:
-                event = self._decode(record)
-                self.group.append((record, event))
-                self.position = record.position
+            for row in batch[:len(leaves)]:
+                event = self._decode(row)
+                self.group.append((row, event))
+                self.position = row[0]
                 if isinstance(event, CommandRecord.Accepted):
                     out.append(self._close())
+            if stop is not None:
+                self._read_all(self.group)  # an undecodable record before the break comes first
         except _Halt as halt:
             out.append(halt.args[0])
             self.halted = True
@@ -162,7 +167,12 @@ class Front:
 
     def end(self, out: list[Item]) -> None:
         if not self.halted:
-            out.append(End(self.position, self.group[0][0].position if self.group else 0))
+            try:
+                self._read_all(self.group)
+            except _Halt as halt:
+                out.append(halt.args[0])
+            else:
+                out.append(End(self.position, self.group[0][0][0] if self.group else 0))
             self.halted = True
 
     def root_at(self, size: int) -> bytes:
@@ -170,35 +180,44 @@ class Front:
 
     # One record ------------------------------------------------------------------------------
 
-    def _decode(self, record: Record) -> Any:
+    def _decode(self, row: RecordRow, lazily: bool = True) -> Any:
+        """The record's event; with `lazily`, None for an event the replay reads from its
+        bytes alone (see `_unread`)."""
+        topic = row[3]
         try:
-            cls = self.classes.get(record.topic)
+            cls = self.classes.get(topic)
             if cls is None:
                 # Only the registry's own event classes: an export file must not make the
                 # auditor import whatever module it names.
-                if not record.topic.startswith("domain.") or ":" not in record.topic:
-                    raise ValueError(f"unknown topic {record.topic[:80]!r}")
-                cls = resolve_topic(record.topic)
+                if not topic.startswith("domain.") or ":" not in topic:
+                    raise ValueError(f"unknown topic {topic[:80]!r}")
+                cls = resolve_topic(topic)
                 if not isinstance(cls, type) or not issubclass(cls, LedgerAggregate.Event):
-                    raise ValueError(f"{record.topic[:80]!r} is not a ledger event")
+                    raise ValueError(f"{topic[:80]!r} is not a ledger event")
                 if getattr(cls, "class_version", 1) > 1:
-                    raise ValueError(f"{record.topic} has versions the auditor cannot upcast")
-                self.classes[record.topic] = cls
+                    raise ValueError(f"{topic} has versions the auditor cannot upcast")
+                self.classes[topic] = cls
+            if lazily and _unread(cls):
+                return None
             fields = None
             if cls is CommandRecord.Accepted:
-                fields = _command_record_fields(record.state, self.transcoder)
+                fields = _command_record_fields(row[4], self.transcoder)
             if fields is None:
-                fields = self.transcoder.decode(record.state)
+                fields = self.transcoder.decode(row[4])
             if not isinstance(fields, dict):
                 raise ValueError("the state is not a map")
-            fields["originator_id"] = record.originator_id
-            fields["originator_version"] = record.originator_version
+            fields["originator_id"] = uuid_of_int(int.from_bytes(row[1], "big"))
+            fields["originator_version"] = row[2]
             event = object.__new__(cls)
             object.__setattr__(event, "__dict__", fields)
             return event
         except Exception as e:  # a record the registry could not have written
-            raise _Halt(Stop(record.position, f"the record cannot be decoded: {e}",
-                             record.position)) from None
+            raise _Halt(Stop(row[0], f"the record cannot be decoded: {e}", row[0])) from None
+
+    def _read_all(self, group: list[tuple[RecordRow, Any]]) -> list[tuple[RecordRow, Any]]:
+        """The group with every event decoded, in order: raises the first record's failure to
+        decode (_Halt), as if each had been decoded when it was read."""
+        return [(row, self._decode(row, lazily=False) if ev is None else ev) for row, ev in group]
 
     # One command -----------------------------------------------------------------------------
 
@@ -206,22 +225,25 @@ class Front:
         """The group of events that a command record closes, checked as far as no state is needed."""
         group, self.group = self.group, []
         try:
-            return self._group(group)
+            try:
+                return self._group(group)
+            except Exception:
+                # Before the command's own failure: any failure of its events that reading
+                # every one of them would have shown (the replay checks the unread ones when
+                # nothing stops it first: see Auditor._check_unread).
+                _members(self._read_all(group))
+                raise
         except _Halt:
             raise
         except Exception as e:  # what the one-pass audit let through, at the same point
             raise _Halt(Raise(e)) from None
 
-    def _group(self, group: list[tuple[Record, Any]]) -> Group:
-        record, record_event = group[-1]
-        record_pos, first = record.position, group[0][0].position
+    def _group(self, group: list[tuple[RecordRow, Any]]) -> Group:
+        row, record_event = group[-1]
+        record_pos, first = row[0], group[0][0][0]
         size = record_pos
         cid = record_event.command_id
-        for rec, ev in group[:-1]:
-            if getattr(ev, "command_id", None) != cid or isinstance(ev, CommandRecord.Accepted):
-                raise _Halt(Stop(rec.position, f"the event belongs to command "
-                                 f"{getattr(ev, 'command_id', '?')} but is recorded inside command "
-                                 f"{cid}", size))
+        _members(group)
         if cid in self.seen:
             raise _Halt(Stop(record_pos, f"command id {cid} is recorded twice", size))
         self.seen.add(cid)
@@ -245,8 +267,15 @@ class Front:
         events = []
         encode = self.transcoder.encode
         for rec, ev in group[:-1]:
+            if ev is None:
+                norm: Any = _without_time(rec[4])
+                if norm is not None:  # read by the replay, from these bytes
+                    events.append((rec[3], rec[1], rec[2], norm, None))
+                    continue
+                ev = self._decode(rec, lazily=False)  # laid out otherwise: read here
+                _members([(rec, ev), group[-1]])
             fields = ev.__dict__
-            norm: Any = _without_time(rec.state, len(fields) - 2)
+            norm = _without_time(rec[4], len(fields) - 2)
             if norm is None:
                 fields = dict(fields)
                 for k in _DROP:
@@ -261,7 +290,7 @@ class Front:
                     when = int(ev.timestamp.timestamp())
                 except Exception as e:
                     when = e
-            events.append((rec.topic, rec.originator_id.bytes, rec.originator_version, norm, when))
+            events.append((rec[3], rec[1], rec[2], norm, when))
         outcome: Any
         try:
             value = record_event.outcome
@@ -302,14 +331,39 @@ class Front:
         return out
 
 
+def _members(group: list[tuple[RecordRow, Any]]) -> None:
+    """Stop at the first event read (not None) that belongs to another command than the one
+    whose record closes the group."""
+    cid = group[-1][1].command_id
+    for rec, ev in group[:-1]:
+        if ev is not None and (getattr(ev, "command_id", None) != cid
+                               or isinstance(ev, CommandRecord.Accepted)):
+            raise _Halt(Stop(rec[0], f"the event belongs to command "
+                             f"{getattr(ev, 'command_id', '?')} but is recorded inside command "
+                             f"{cid}", group[-1][0][0]))
+
+
+def _unread(cls: type) -> bool:
+    """Whether the front leaves events of this class unread: every event but command records
+    (whose fields the front checks) and key events (whose time the replay needs). The replay
+    compares an unread event's bytes with the ones the rules give, which shows that it decodes
+    and belongs to its command; when they differ, it reads them (Auditor._check_unread)."""
+    return cls is not CommandRecord.Accepted and not issubclass(cls, _KEY_EVENTS)
+
+
 _TIME_KEY = b"\xa9timestamp"
 _TIME_SIZES = {0xD6: 6, 0xD7: 10, 0xC7: 15}  # fixext 4, fixext 8, ext 8 (type -1, 12 bytes)
 
 
-def _without_time(state: bytes, keys: int) -> bytes | None:
+def _without_time(state: bytes, keys: int | None = None) -> bytes | None:
     """The stored state (a map of `keys` pairs, decoded already) without its first pair when
     that pair is the time, as the transcoder writes it: the same bytes that encoding the fields
-    without the time gives. None when the state is laid out otherwise."""
+    without the time gives. None when the state is laid out otherwise.
+
+    With `keys` None (a state not decoded), the time must also decode as the transcoder decodes
+    it; whether the rest does is for the replay to see (see `_unread`)."""
+    if not state:
+        return None
     head = state[0]
     if 0x80 <= head <= 0x8F:
         n, at = head & 0x0F, 1
@@ -319,7 +373,7 @@ def _without_time(state: bytes, keys: int) -> bytes | None:
         n, at = int.from_bytes(state[1:5], "big"), 5
     else:
         return None
-    if n != keys or n < 1 or state[at:at + 10] != _TIME_KEY:
+    if (keys is not None and n != keys) or n < 1 or state[at:at + 10] != _TIME_KEY:
         return None
     at += 10
     size = _TIME_SIZES.get(state[at])
@@ -329,6 +383,11 @@ def _without_time(state: bytes, keys: int) -> bytes | None:
         return None
     if size != 15 and state[at + 1] != 0xFF:
         return None
+    if keys is None:
+        try:
+            msgpack.unpackb(state[at:at + size], **_UNPACKING)
+        except Exception:
+            return None
     rest = state[at + size:]
     n -= 1
     if n < 16:
@@ -375,7 +434,7 @@ def _attr(obj: Any, name: str) -> Any:
         return e
 
 
-def run_inline(front: Front, batches: Iterable[list[Record]]) -> Iterator[Item]:
+def run_inline(front: Front, batches: Iterable[list[RecordRow]]) -> Iterator[Item]:
     """The front stage in this process: items as the batches are read."""
     out: list[Item] = []
     try:
@@ -411,7 +470,7 @@ def _reader_main(source: Any, checkpoints: list[tuple[int, bytes, bytes]], data:
 
     try:
         try:
-            for batch in source.records():
+            for batch in source.rows():
                 for start in range(0, len(batch), CHUNK_RECORDS):
                     part = batch[start:start + CHUNK_RECORDS]
                     front.feed(part, pending, progress=start + CHUNK_RECORDS >= len(batch))

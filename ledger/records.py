@@ -22,6 +22,9 @@ _new = object.__new__
 _set = object.__setattr__
 GENESIS_CHAIN = hashlib.sha256(b"carbon-ledger/chain/v1").digest()
 
+# A record as the audit reads it: (position, originator id's 16 bytes, version, topic, state, chain)
+RecordRow = tuple[int, bytes, int, str, bytes, bytes]
+
 
 @dataclass(frozen=True)
 class Record:

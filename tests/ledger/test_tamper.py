@@ -129,6 +129,19 @@ def write_state(con: sqlite3.Connection, position: int, state: dict) -> None:
     con.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (T.encode(state), position))
 
 
+def forge_raw(con: sqlite3.Connection, position: int, raw: bytes) -> None:
+    """Store these bytes as the record's state, and recompute the chain over them."""
+    con.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (raw, position))
+    recompute_chain(con)
+    con.commit()
+
+
+def undecodable_at(db: Path, demo_db: Demo, position: int) -> None:
+    at, what = failure(audit(db, demo_db.operator_key))
+    assert at == position
+    assert what.startswith("the record cannot be decoded")
+
+
 def recompute_chain(con: sqlite3.Connection) -> None:
     """Make every chain value and the head match the (edited) records, as a careful forger would."""
     chain = GENESIS_CHAIN
@@ -381,13 +394,8 @@ def test_undecodable_outcome_with_recomputed_chain_is_named_at_its_record(
     position = demo_db.positions[command_id]
     state = read_state(con, position)
     state["outcome"]["pledgee"] = "MARK" * 4
-    raw = T.encode(state).replace(b"MARK" * 4, b"\xff\xfe" * 8)
-    con.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (raw, position))
-    recompute_chain(con)
-    con.commit()
-    at, what = failure(audit(db, demo_db.operator_key))
-    assert at == position
-    assert what.startswith("the record cannot be decoded")
+    forge_raw(con, position, T.encode(state).replace(b"MARK" * 4, b"\xff\xfe" * 8))
+    undecodable_at(db, demo_db, position)
 
 
 def test_edited_signed_body_with_recomputed_chain_is_caught(con: sqlite3.Connection, db: Path,
@@ -402,6 +410,76 @@ def test_edited_signed_body_with_recomputed_chain_is_caught(con: sqlite3.Connect
     at, what = failure(audit(db, demo_db.operator_key))
     assert at == position
     assert f"command {command_id} (transfer by shaxian-exchange) does not stand up" in what
+
+
+# Events the front leaves to the replay to read (every event but command records and keys') ---
+
+def first_transfer_event(con: sqlite3.Connection) -> tuple[int, str]:
+    """The position of the demo's first Ticket.Transferred event, and its command id."""
+    position = positions_of(con, "domain.ticket:Ticket.Transferred")[0]
+    return position, read_state(con, position)["command_id"]
+
+
+def test_event_moved_into_another_command_with_recomputed_chain_is_named_at_the_event(
+        con: sqlite3.Connection, db: Path, demo_db: Demo) -> None:
+    position, command_id = first_transfer_event(con)
+    other = "trade/shaxian-exchange/SX-2021-0002"
+    assert other != command_id
+
+    def edit(state: dict) -> None:
+        state["command_id"] = other
+
+    forge(con, position, edit)
+    resign_checkpoints(db, demo_db.keyring)
+    at, what = failure(audit(db, demo_db.operator_key))
+    assert (at, what) == (position, f"the event belongs to command {other} but is recorded "
+                          f"inside command {command_id}")
+
+
+def undecodable_transfer_event(con: sqlite3.Connection) -> int:
+    """Make the first Ticket.Transferred event's buyer invalid UTF-8 (no valid msgpack text),
+    recompute the chain, and return its position."""
+    position, _ = first_transfer_event(con)
+    state = read_state(con, position)
+    state["buyer"] = "MARK" * 4
+    forge_raw(con, position, T.encode(state).replace(b"MARK" * 4, b"\xff\xfe" * 8))
+    return position
+
+
+def test_undecodable_event_with_recomputed_chain_is_named_at_its_record(
+        con: sqlite3.Connection, db: Path, demo_db: Demo) -> None:
+    undecodable_at(db, demo_db, undecodable_transfer_event(con))
+
+
+def test_undecodable_event_is_named_before_its_commands_broken_body(
+        con: sqlite3.Connection, db: Path, demo_db: Demo) -> None:
+    """The command's own failure (a body that no longer parses) comes after its events', as
+    when every event is read first."""
+    _, command_id = first_transfer_event(con)
+    position = undecodable_transfer_event(con)
+    record = demo_db.positions[command_id]
+    assert record > position
+
+    def edit(state: dict) -> None:
+        state["body"] = b"not json"
+
+    forge(con, record, edit)
+    undecodable_at(db, demo_db, position)
+
+
+def test_event_with_an_impossible_time_is_named_at_its_record(
+        con: sqlite3.Connection, db: Path, demo_db: Demo) -> None:
+    """A time whose nanoseconds field is beyond 999,999,999 is no msgpack timestamp."""
+    position, _ = first_transfer_event(con)
+    (raw,) = con.execute("SELECT state FROM stored_events WHERE rowid = ?",
+                         (position,)).fetchone()
+    raw = bytes(raw)
+    at = raw.index(b"\xa9timestamp") + 10
+    assert raw[at:at + 2] == b"\xd7\xff"  # timestamp 64: 30 bits of nanoseconds, 34 of seconds
+    seconds = int.from_bytes(raw[at + 2:at + 10], "big") & ((1 << 34) - 1)
+    bad = ((1 << 30) - 1) << 34 | seconds
+    forge_raw(con, position, raw[:at + 2] + bad.to_bytes(8, "big") + raw[at + 10:])
+    undecodable_at(db, demo_db, position)
 
 
 # Checkpoints that disagree with the log --------------------------------------------------------

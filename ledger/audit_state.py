@@ -29,7 +29,7 @@ import signal
 from bisect import bisect_left
 from json.encoder import encode_basestring as _string
 from multiprocessing import get_context
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from domain.base import LedgerAggregate
@@ -52,20 +52,44 @@ class TicketInvariants:
     state commitment (`_block_json`), encoded when the block is made."""
 
     def __init__(self) -> None:
-        # ticket id -> (its blocks, watched since they were last verified; its quantity then)
-        self._verified: dict[UUID, tuple[WatchedBlocks, Any]] = {}
+        # ticket id -> (its blocks, watched since they were last verified; its quantity then;
+        # the number of blocks then)
+        self._verified: dict[UUID, tuple[WatchedBlocks, Any, int]] = {}
+        # ticket id -> how its blocks' JSON changed since the last take_edits(): (lo, hi, the
+        # JSON of the blocks that replaced blocks lo..hi-1), in order; None: not known
+        self._edits: dict[UUID, list[tuple[int, int, list[str]]] | None] = {}
 
     def check(self, ticket: Ticket) -> None:
         """Raise AssertionError (the ticket's own) if the ticket's invariants do not hold."""
         blocks = ticket.blocks
-        seen = self._verified.get(ticket.id)
-        if (seen is None or seen[0] is not blocks or seen[1] != ticket.quantity_t
-                or not self._changed_part_holds(blocks, ticket.quantity_t)):
+        tid = ticket.id
+        seen = self._verified.get(tid)
+        span = None
+        if seen is not None and seen[0] is blocks and seen[1] == ticket.quantity_t:
+            span = blocks.touched()
+            if span is not None and not self._changed_part_holds(blocks, span,
+                                                                 ticket.quantity_t):
+                span = None
+        if span is None:
             ticket.check_invariants()
             if type(blocks) is not WatchedBlocks:
                 blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks, _block_json)
         blocks.seal()
-        self._verified[ticket.id] = (blocks, ticket.quantity_t)
+        self._verified[tid] = (blocks, ticket.quantity_t, len(blocks))
+        edits = self._edits.get(tid)
+        if span is None or seen is None or blocks.encoded is None:
+            self._edits[tid] = None
+        elif edits is not None or tid not in self._edits:
+            lo, hi = span
+            if edits is None:
+                edits = self._edits[tid] = []
+            edits.append((lo, hi - len(blocks) + seen[2], blocks.encoded[lo:hi]))
+
+    def take_edits(self, ticket: Ticket) -> list[tuple[int, int, list[str]]] | None:
+        """How the JSON of the ticket's blocks changed since the last call for it (each edit:
+        the blocks lo..hi-1 of the list as it was then were replaced by the JSON given), or
+        None when that is not known (the blocks were checked in full, or replaced)."""
+        return self._edits.pop(ticket.id, None)
 
     def encoded(self, ticket: Ticket) -> list[str] | None:
         """The JSON of each of the ticket's blocks, when they are the blocks last verified,
@@ -76,12 +100,11 @@ class TicketInvariants:
         return seen[0].encoded
 
     @staticmethod
-    def _changed_part_holds(blocks: WatchedBlocks, quantity: Any) -> bool:
-        """Whether the blocks are shown to satisfy the invariants from the spans changed since
-        they were verified; False means: check them all."""
+    def _changed_part_holds(blocks: WatchedBlocks, span: tuple[int, int], quantity: Any) -> bool:
+        """Whether the blocks are shown to satisfy the invariants from the span changed since
+        they were verified (blocks.touched()); False means: check them all."""
         try:
-            span = blocks.touched()
-            if span is None or type(quantity) is not int:
+            if type(quantity) is not int:
                 return False
             p, q = span
             # The blocks before p are the verified ones; so are those from q on, shifted.
@@ -123,6 +146,7 @@ class AuditCommitment:
         # ticket key -> (its fields but the blocks, the JSON before and after the blocks)
         self._tickets: dict[str, tuple[tuple[Any, ...], str, str]] = {}
         self._fast = True
+        self._sent: set[str] = set()  # tickets whose blocks' JSON the tree has
         self.tickets = tickets
         self._inserted: list[int] = []  # where new keys went since the last root, in order
         self.tree: LeafTree | TreeProcess = LeafTree()  # the tree over the leaves
@@ -143,34 +167,46 @@ class AuditCommitment:
         self._aggregates[key] = agg
         self._dirty.add(key)
 
-    def _refresh(self) -> list[tuple[int, bytes]]:
-        """Hash the leaves of the aggregates touched since the last refresh: (position, hash)."""
+    def _refresh(self) -> list[tuple[int, Any]]:
+        """The leaves of the aggregates touched since the last refresh: (position, leaf), where
+        a leaf is its hash, or for a ticket a TicketLeaf that the tree hashes (see there)."""
         checked = False
         keys = self._keys
-        changed = []
+        changed: list[tuple[int, Any]] = []
         for key in self._dirty:
             agg = self._aggregates[key]
-            if self._fast and type(agg) is Ticket:
-                data = self._ticket_leaf(key, agg)
-                if not checked:  # the shortcut writes what entry() and canonical JSON write
-                    checked = True
-                    found = entry(agg)
-                    assert found is not None
-                    if data != leaf_bytes(key, found[1]):
-                        self._fast = False
-                        data = leaf_bytes(key, found[1])
-            else:
-                found = entry(agg)
-                assert found is not None
-                data = leaf_bytes(key, found[1])
-            changed.append((bisect_left(keys, key), merkle.leaf_hash(data)))
+            at = bisect_left(keys, key)
+            if type(agg) is Ticket:
+                edits = self.tickets.take_edits(agg)
+                if self._fast:
+                    leaf = self._ticket_leaf(key, agg, edits)
+                    if leaf is not None:
+                        if not checked:  # the shortcut writes what entry() and canonical JSON write
+                            checked = True
+                            found = entry(agg)
+                            assert found is not None
+                            data = leaf_bytes(key, found[1])
+                            _, before, after = self._tickets[key]
+                            encoded = self.tickets.encoded(agg)
+                            if encoded is None or _ticket_text(before, encoded, after) != data:
+                                self._fast = False
+                                self._sent.clear()
+                                changed.append((at, merkle.leaf_hash(data)))
+                                continue
+                            leaf = leaf._replace(check=merkle.leaf_hash(data))
+                        changed.append((at, leaf))
+                        continue
+                self._sent.discard(key)  # the tree's JSON of this ticket is out of date
+            found = entry(agg)
+            assert found is not None
+            changed.append((at, merkle.leaf_hash(leaf_bytes(key, found[1]))))
         self._dirty.clear()
         return changed
 
-    def _ticket_leaf(self, key: str, t: Ticket) -> bytes:
-        """canonical_json({"key": key, "value": entry(t)[1]}), from the blocks' JSON that the
-        invariant checks kept up to date; blocks without it are encoded here."""
-        blocks = t.blocks
+    def _ticket_leaf(self, key: str, t: Ticket,
+                     edits: list[tuple[int, int, list[str]]] | None) -> TicketLeaf | None:
+        """What the tree needs to make the ticket's leaf from the JSON it has of it: the edits
+        since it last had it, or all of it; None when the blocks' JSON is not known here."""
         head = (t.quantity_t, t.issuer, t.project_id, t.standard, t.ticket_no)
         cached = self._tickets.get(key)
         if cached is None or cached[0] != head:
@@ -179,11 +215,16 @@ class AuditCommitment:
                      f'"project_id":{_dumps(t.project_id)},"standard":{_dumps(t.standard)},'
                      f'"ticket_no":{_dumps(t.ticket_no)}}}}}')
             self._tickets[key] = (head, before, after)
+            self._sent.discard(key)
         else:
             _, before, after = cached
         encoded = self.tickets.encoded(t)
-        text = ",".join(encoded if encoded is not None else map(_block_json, blocks))
-        return (before + text + after).encode()
+        if encoded is None:  # changed since it was last checked: not the JSON kept
+            return None
+        if edits is not None and key in self._sent:
+            return TicketLeaf(key, None, None, None, edits, None)
+        self._sent.add(key)
+        return TicketLeaf(key, before, after, list(encoded), None, None)
 
     def _changes(self) -> tuple[list[int], list[tuple[int, bytes]], int]:
         """What changed since the last call, for the tree: the positions where keys were
@@ -204,28 +245,62 @@ class AuditCommitment:
         return self.tree.matches(expected, size, *self._changes())
 
 
+class TicketLeaf(NamedTuple):
+    """A ticket's leaf, for the tree to make from the JSON of the ticket's blocks that it keeps:
+    all of it (`blocks`, with the JSON before and after them), or the `edits` to make to what it
+    has (each: the blocks lo..hi-1 replaced by the JSON given). `check`, when given, is the leaf
+    hash the replay made of the same ticket the ordinary way: the tree's must be the same."""
+
+    key: str
+    before: str | None
+    after: str | None
+    blocks: list[str] | None
+    edits: list[tuple[int, int, list[str]]] | None
+    check: bytes | None
+
+
+def _ticket_text(before: str, blocks: list[str], after: str) -> bytes:
+    return (before + ",".join(blocks) + after).encode()
+
+
 class LeafTree:
-    """The stored levels of complete subtrees over the commitment's leaves, kept up to date."""
+    """The stored levels of complete subtrees over the commitment's leaves, kept up to date,
+    and each ticket's blocks' JSON, from which it makes the tickets' leaves (TicketLeaf)."""
 
     def __init__(self) -> None:
         self.leaves: list[bytes] = []
         self.levels: list[list[bytes]] = [[]]
+        self.tickets: dict[str, list[Any]] = {}  # key -> [before, the blocks' JSON, after]
 
-    def update(self, inserted: list[int], changed: list[tuple[int, bytes]], start: int) -> None:
+    def update(self, inserted: list[int], changed: list[tuple[int, Any]], start: int) -> None:
         leaves = self.leaves
         for at in inserted:
             leaves.insert(at, b"")
         for at, leaf in changed:
-            leaves[at] = leaf
+            leaves[at] = leaf if type(leaf) is bytes else self._ticket(leaf)
         _rehash(self.levels, leaves, [at for at, _ in changed], start)
 
-    def root(self, inserted: list[int], changed: list[tuple[int, bytes]], start: int) -> bytes:
+    def _ticket(self, leaf: TicketLeaf) -> bytes:
+        if leaf.blocks is not None:
+            kept = self.tickets[leaf.key] = [leaf.before, leaf.blocks, leaf.after]
+        else:
+            kept = self.tickets[leaf.key]
+            blocks = kept[1]
+            for lo, hi, replaced_by in leaf.edits:  # type: ignore[union-attr]
+                blocks[lo:hi] = replaced_by
+        made = merkle.leaf_hash(_ticket_text(*kept))
+        if leaf.check is not None and made != leaf.check:
+            raise RuntimeError(f"the audit's copy of {leaf.key}'s blocks differs from the "
+                               "replayed ticket's")
+        return made
+
+    def root(self, inserted: list[int], changed: list[tuple[int, Any]], start: int) -> bytes:
         self.update(inserted, changed, start)
         size = len(self.leaves)
         return merkle._range_hash(self.levels, 0, size) if size else merkle.EMPTY_ROOT
 
     def matches(self, expected: bytes, size: int, inserted: list[int],
-                changed: list[tuple[int, bytes]], start: int) -> bool:
+                changed: list[tuple[int, Any]], start: int) -> bool:
         return self.root(inserted, changed, start) == expected
 
     def mismatches(self) -> list[int]:
@@ -253,14 +328,14 @@ class TreeProcess:
         self._proc.start()
         answers_w.close()
         requests_r.close()
-        self._final: tuple[bytes, list[int]] | None = None
+        self._final: tuple[bytes, list[int], str] | None = None
 
     def matches(self, expected: bytes, size: int, inserted: list[int],
-                changed: list[tuple[int, bytes]], start: int) -> bool:
+                changed: list[tuple[int, Any]], start: int) -> bool:
         self._send(("update", inserted, changed, start, expected, size))
         return True
 
-    def root(self, inserted: list[int], changed: list[tuple[int, bytes]], start: int) -> bytes:
+    def root(self, inserted: list[int], changed: list[tuple[int, Any]], start: int) -> bytes:
         if self._final is None:
             self._send(("finish", inserted, changed, start))
             try:
@@ -269,6 +344,8 @@ class TreeProcess:
                 self._gone()
         elif inserted or changed:
             raise RuntimeError("the commitment changed after the audit's last root")
+        if self._final[2]:
+            raise RuntimeError(self._final[2])
         return self._final[0]
 
     def _send(self, message: tuple[Any, ...]) -> None:
@@ -306,16 +383,27 @@ def _tree_main(requests: Any, answers: Any, parents_ends: tuple[Any, ...]) -> No
     gc.disable()
     tree = LeafTree()
     mismatched: list[int] = []
+    broken = ""  # a RuntimeError of the tree's own: told with the final answer, in its place
     try:
         while True:
             message = pickle.loads(requests.recv_bytes())
-            if message[0] == "update":
-                _, inserted, changed, start, expected, size = message
-                if not tree.matches(expected, size, inserted, changed, start):
-                    mismatched.append(size)
-            else:
-                _, inserted, changed, start = message
-                answers.send_bytes(pickle.dumps((tree.root(inserted, changed, start), mismatched)))
+            if broken:
+                if message[0] != "update":
+                    answers.send_bytes(pickle.dumps((b"", [], broken)))
+                continue
+            try:
+                if message[0] == "update":
+                    _, inserted, changed, start, expected, size = message
+                    if not tree.matches(expected, size, inserted, changed, start):
+                        mismatched.append(size)
+                else:
+                    _, inserted, changed, start = message
+                    answers.send_bytes(pickle.dumps((tree.root(inserted, changed, start),
+                                                     mismatched, "")))
+            except RuntimeError as e:
+                broken = str(e)
+                if message[0] != "update":
+                    answers.send_bytes(pickle.dumps((b"", [], broken)))
     except (EOFError, OSError):
         return
 

@@ -34,7 +34,7 @@ from ledger import demo
 from ledger.application import Registry
 from ledger.audit import Auditor, DatabaseSource, ExportSource, audit_database, export
 from ledger.audit_front import CHUNK_RECORDS, _without_time
-from ledger.audit_state import AuditCommitment, TicketInvariants
+from ledger.audit_state import AuditCommitment, LeafTree, TicketInvariants, TicketLeaf, TreeProcess
 from ledger.commitments import StateCommitment
 from ledger.keys import Keyring
 from ledger.transcoder import MsgpackTranscoder
@@ -364,6 +364,64 @@ def test_the_commitment_root_follows_many_tickets_added_and_changed() -> None:
         if rng.random() < 0.3:
             assert commitment.root() == reference.root(), step
     assert commitment.root() == reference.root()
+
+
+def test_the_commitment_process_makes_the_same_roots_from_the_tickets_edits() -> None:
+    """The tickets' leaves are made by the commitment process from the edits of their blocks'
+    JSON (TicketLeaf): the same roots as the domain's own StateCommitment, through a ticket
+    whose blocks are replaced (sent in full again) and one changed after its last check (hashed
+    by the replay)."""
+    rng = random.Random(8)
+    checker = TicketInvariants()
+    commitment = AuditCommitment(checker)
+    commitment.tree = TreeProcess()
+    reference = StateCommitment()
+    tickets: list[Ticket] = []
+    try:
+        for step in range(300):
+            if not tickets or rng.random() < 0.1:
+                t = _ticket([(1, 100, "a", AVAILABLE, "")], 100)
+                t.__dict__["ticket_no"] = f"SM-{rng.randrange(10**7):07d}"
+                t.__dict__["_id"] = Ticket.id_for(t.ticket_no)
+                tickets.append(t)
+            else:
+                t = rng.choice(tickets)
+                a = rng.randint(1, 100)
+                b = min(100, a + rng.randint(0, 9))
+                if rng.random() < 0.05:  # another list: checked in full, sent in full
+                    blocks = list(t.blocks)
+                    B.reassign_in_place(blocks, [(a, b)], rng.choice("abc"), AVAILABLE, "")
+                    t.__dict__["blocks"] = blocks
+                else:
+                    B.reassign_in_place(t.blocks, [(a, b)], rng.choice("abc"), AVAILABLE, "")
+            if rng.random() < 0.97:
+                checker.check(t)
+            commitment.touch(t)
+            reference.touch(t)
+            if rng.random() < 0.2:
+                assert commitment.matches(reference.root(), step)
+        final = reference.root()
+        assert commitment.root() == final
+        assert commitment.tree.mismatches() == []
+    finally:
+        commitment.tree.close()
+
+
+def test_a_tree_whose_copy_of_a_ticket_differs_says_so() -> None:
+    """Should the commitment's copy of a ticket's blocks ever differ from the replayed ticket,
+    the audit ends with that error rather than with a wrong verdict, in this process and in the
+    commitment process alike."""
+    leaf = TicketLeaf("ticket/SM-1", '{"key":"ticket/SM-1","value":{"blocks":[', "]}}",
+                      ['[1,5,"a","available",""]'], None, b"\0" * 32)
+    with pytest.raises(RuntimeError, match="ticket/SM-1's blocks differs"):
+        LeafTree().root([0], [(0, leaf)], 0)
+    tree = TreeProcess()
+    try:
+        assert tree.matches(b"x" * 32, 1, [0], [(0, leaf)], 0)
+        with pytest.raises(RuntimeError, match="ticket/SM-1's blocks differs"):
+            tree.root([], [], 1)
+    finally:
+        tree.close()
 
 
 @pytest.mark.parametrize("when", [

@@ -237,6 +237,13 @@ _spec("transfer", **_TRANSFER_ITEM)
 
 
 def _transfer_items(value: Any, name: str) -> list[dict[str, Any]]:
+    """A batch's transfers, parsed in one pass over the items.
+
+    The refusals are those of parsing every item, then looking for a repeated trade id, then
+    checking each item's own rules (seller and buyer not the same, serials matching the
+    quantity), each time at the first item that fails: so the pass only notes the trade ids and
+    which items took the general path, and the later checks run after it.
+    """
     if not isinstance(value, list) or not value:
         raise invalid(f"{name} must be a non-empty list of transfers", field=name)
     if len(value) > MAX_BATCH:
@@ -244,6 +251,8 @@ def _transfer_items(value: Any, name: str) -> list[dict[str, Any]]:
                           f"a batch holds at most {MAX_BATCH} transfers; this one has {len(value)}",
                           limit=MAX_BATCH, size=len(value))
     items = []
+    trade_ids: set[str] = set()
+    general = []  # the indices of the items that _check_transfer has still to check
     for i, v in enumerate(value):
         item = _plain_transfer(v)
         if item is None:
@@ -251,38 +260,84 @@ def _transfer_items(value: Any, name: str) -> list[dict[str, Any]]:
                 item = _parse_fields(v, _TRANSFER_ITEM, f"{name}[{i}]")
             except DomainError as e:
                 raise DomainError(e.code, f"{name}[{i}]: {e.message}", index=i, **e.details) from None
+            general.append(i)
+        trade_ids.add(item["trade_id"])
         items.append(item)
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        if item["trade_id"] in seen:
-            raise invalid(f"{name}[{i}] repeats trade_id {item['trade_id']}", field=name)
-        seen.add(item["trade_id"])
-    return [item if "first" in item else _check_transfer(item, f"{name}[{i}]")
-            for i, item in enumerate(items)]
+    if len(trade_ids) != len(items):  # a trade id is repeated: find its first repeat
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item["trade_id"] in seen:
+                raise invalid(f"{name}[{i}] repeats trade_id {item['trade_id']}", field=name)
+            seen.add(item["trade_id"])
+    for i in general:
+        items[i] = _check_transfer(items[i], f"{name}[{i}]")
+    return items
 
 
-_PLAIN_KEYS = frozenset({"trade_id", "seller", "buyer", "ticket_no", "quantity_t", "price", "mode"})
-_MODES = frozenset(m.value for m in V.TradeMode)
+_MODES = {m.value: m.value for m in V.TradeMode}
+_MAX_QUANTITY_T = V.MAX_QUANTITY_T
+_is_ref = V.REF.fullmatch  # trade ids differ from item to item: each is matched
+
+# A batch names the same few hundred participants, tickets and prices over and over (and the
+# next batch names them again), so each distinct string is matched against its pattern once:
+# these memos map every exact str that matched to itself (a price to its fen). Handing out the
+# memo's copy also makes equal strings one object, which a pickled command then holds once.
+# Only strings that matched are kept; a memo that is full is emptied and starts again.
+_MEMO_MAX = 1 << 14
+_SLUGS: dict[str, str] = {}
+_TICKETS: dict[str, str] = {}
+_PRICES: dict[str, int] = {}
+
+
+def _remember(memo: dict[str, Any], key: str, value: Any) -> Any:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+def _new_slug(s: str) -> str | None:
+    return _remember(_SLUGS, s, s) if V.SLUG.fullmatch(s) else None
+
+
+def _new_ticket(s: str) -> str | None:
+    return _remember(_TICKETS, s, s) if V.TICKET_NO.fullmatch(s) else None
+
+
+def _new_price(s: str) -> int | None:
+    """The fen of a price in yuan that V.fen would take, or None."""
+    if not V.YUAN.fullmatch(s):
+        return None
+    whole, _, cents = s.partition(".")
+    fen = int(whole) * 100 + int(cents.ljust(2, "0"))
+    return _remember(_PRICES, s, fen) if fen <= V.MAX_FEN else None
 
 
 def _plain_transfer(v: Any) -> dict[str, Any] | None:
     """The common batch item (a quantity, no serials) checked in one pass: the same dict as
     _check_transfer(_parse_fields(v, _TRANSFER_ITEM, ...)) would give, or None for anything
     else (which the general path then parses, or refuses with its own message)."""
-    if type(v) is not dict or v.keys() != _PLAIN_KEYS:
+    if type(v) is not dict or len(v) != 7:
         return None
-    trade_id, seller, buyer = v["trade_id"], v["seller"], v["buyer"]
-    ticket, q, price, mode = v["ticket_no"], v["quantity_t"], v["price"], v["mode"]
+    try:  # seven keys, and these seven: no others
+        trade_id, seller, buyer = v["trade_id"], v["seller"], v["buyer"]
+        ticket, q, price, mode = v["ticket_no"], v["quantity_t"], v["price"], v["mode"]
+    except KeyError:
+        return None
+    # The types first: the memos are for exact str only (a list is not hashable, and a str
+    # subclass must not pass for the str it equals: the general path keeps it as it is).
     if not (type(trade_id) is str and type(seller) is str and type(buyer) is str
             and type(ticket) is str and type(price) is str and type(mode) is str and type(q) is int
-            and 1 <= q <= V.MAX_QUANTITY_T and mode in _MODES and seller != buyer
-            and V.REF.fullmatch(trade_id) and V.SLUG.fullmatch(seller)
-            and V.SLUG.fullmatch(buyer) and V.TICKET_NO.fullmatch(ticket)
-            and V.YUAN.fullmatch(price)):
+            and 1 <= q <= _MAX_QUANTITY_T and seller != buyer and _is_ref(trade_id)):
         return None
-    whole, _, cents = price.partition(".")
-    price_fen = int(whole) * 100 + int(cents.ljust(2, "0"))
-    if price_fen > V.MAX_FEN:
+    seller = _SLUGS.get(seller) or _new_slug(seller)
+    buyer = _SLUGS.get(buyer) or _new_slug(buyer)
+    ticket = _TICKETS.get(ticket) or _new_ticket(ticket)
+    price_fen = _PRICES.get(price)
+    if price_fen is None:  # (0 fen is a price)
+        price_fen = _new_price(price)
+    mode = _MODES.get(mode)
+    if seller is None or buyer is None or ticket is None or price_fen is None or mode is None:
         return None
     return {"trade_id": trade_id, "seller": seller, "buyer": buyer, "ticket_no": ticket,
             "quantity_t": q, "price_fen": price_fen, "mode": mode, "first": 0, "last": 0}

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain import commands as C
+from domain import values as V
 from domain.errors import DomainError
 
 GOOD = {"trade_id": "T-1", "seller": "h-a", "buyer": "h-b", "ticket_no": "SM-0000001",
@@ -65,6 +66,99 @@ def test_a_batch_parses_the_same_with_or_without_the_fast_path(
     assert [list(i.items()) for i in fast.fields["transfers"]] == \
         [list(i.items()) for i in general.fields["transfers"]]
     assert fast.digest() == general.digest()
+
+
+def _reference_items(value: Any, name: str = "transfers") -> list[dict[str, Any]]:
+    """_transfer_items as first written, with every item on the general path."""
+    if not isinstance(value, list) or not value:
+        raise C.invalid(f"{name} must be a non-empty list of transfers", field=name)
+    if len(value) > C.MAX_BATCH:
+        raise DomainError("batch_too_large",
+                          f"a batch holds at most {C.MAX_BATCH} transfers; this one has {len(value)}",
+                          limit=C.MAX_BATCH, size=len(value))
+    items = []
+    for i, v in enumerate(value):
+        try:
+            items.append(C._parse_fields(v, C._TRANSFER_ITEM, f"{name}[{i}]"))
+        except DomainError as e:
+            raise DomainError(e.code, f"{name}[{i}]: {e.message}", index=i, **e.details) from None
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if item["trade_id"] in seen:
+            raise C.invalid(f"{name}[{i}] repeats trade_id {item['trade_id']}", field=name)
+        seen.add(item["trade_id"])
+    return [C._check_transfer(item, f"{name}[{i}]") for i, item in enumerate(items)]
+
+
+def _outcome(parse: Any, value: Any) -> Any:
+    """What a parser gives: the items (with their keys' order and their values' types), or
+    the refusal's code, message and details."""
+    try:
+        items = parse(value, "transfers")
+        return ("ok", [[(k, type(v), v) for k, v in item.items()] for item in items])
+    except DomainError as e:
+        return ("refused", e.code, e.message, e.details)
+
+
+class Slug(str):
+    """A str subclass: the general path keeps it as it is, so the memos must not take it."""
+
+
+near_misses = st.one_of(
+    st.sampled_from(["h-a", "h-b", "h-c", "SM-0000001", "SM-0000002", "T-9", "0", "0.00", "15.5",
+                     "999999999999999.99", "1000000000000000", "auction", "Auction", "h--a", "-h",
+                     "h-", "H-A", "h_a", "h-a\n", "ＳＭ-0000001", "SM-000000１", "SM-0000001-0000001",
+                     "SM-0000001-0000008", "SM-0000002-0000001", "T 1", "T-1/2", "x" * 65,
+                     "r" * 129]),
+    st.sampled_from([0, 1, 2, 7, 8, 10**12, 10**12 + 1, -1, True, False, 2.0, None, [], ["h-a"],
+                     {}, Slug("h-a"), Slug("SM-0000001"), V.TradeMode.AUCTION]),
+    st.text(max_size=8))
+SERIALS = {"first_serial": "SM-0000001-0000001", "last_serial": "SM-0000001-0000008"}
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Mostly good items with a different trade id each; now and then an item that misses."""
+    items = []
+    for i in range(draw(st.integers(1, 8))):
+        item = {"trade_id": f"T-{i}", "seller": draw(st.sampled_from(["h-a", "h-b"])),
+                "buyer": draw(st.sampled_from(["h-c", "h-d"])),
+                "ticket_no": draw(st.sampled_from(["SM-0000001", "SM-0000002"])),
+                "quantity_t": draw(st.integers(1, 9)),
+                "price": draw(st.sampled_from(["15.00", "0", "7.5", "12", "0.01"])),
+                "mode": draw(st.sampled_from(["negotiated", "auction", "listing"]))}
+        miss = draw(st.integers(0, 40))
+        if miss == 0:
+            item[draw(st.sampled_from(sorted(item)))] = draw(near_misses)
+        elif miss == 1:
+            del item[draw(st.sampled_from(sorted(item)))]
+        elif miss == 2:
+            item[draw(st.sampled_from(["first_serial", "last_serial", "note"]))] = draw(near_misses)
+        elif miss == 3:
+            item.update(SERIALS, quantity_t=draw(st.sampled_from([None, 8, 7])))
+        elif miss == 4:
+            item["buyer"] = item["seller"]
+        elif miss == 5:
+            item["trade_id"] = f"T-{draw(st.integers(0, i))}"
+        items.append(item)
+    return items
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(batches(), batches(), batches(), near_misses), st.booleans())
+def test_a_batch_parses_as_the_general_path_alone_parses_it(value: Any, forget: bool) -> None:
+    """The same items, or the same refusal at the same item, with the memos full or empty."""
+    if forget:
+        for memo in (C._SLUGS, C._TICKETS, C._PRICES):
+            memo.clear()
+    assert _outcome(C._transfer_items, value) == _outcome(_reference_items, value)
+
+
+def test_the_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(C, "_MEMO_MAX", 3)
+    items = [dict(GOOD, trade_id=f"T-{i}", seller=f"s-{i}", price=f"{i}.01") for i in range(10)]
+    assert _outcome(C._transfer_items, items) == _outcome(_reference_items, items)
+    assert 0 < len(C._SLUGS) <= 3 and 0 < len(C._PRICES) <= 3
 
 
 def _reference_canonical(obj: Any) -> Any:

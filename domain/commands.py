@@ -200,10 +200,22 @@ def canonical_bytes(obj: Any) -> bytes:
 
 
 _SCALARS = frozenset({str, int, bool, bytes, type(None)})
+# A parsed batch item's keys, in sorted order: the order the parser builds the item in, so that
+# _canonical can pass the item to msgpack as it is instead of sorting a copy of it.
+_ITEM_KEYS = ("buyer", "first", "last", "mode", "price_fen", "quantity_t", "seller", "ticket_no",
+              "trade_id")
+_SORTED_SHAPES = frozenset({_ITEM_KEYS})
+assert all(list(shape) == sorted(shape) for shape in _SORTED_SHAPES)
 
 
 def _canonical(obj: Any) -> Any:
     # Scalars inside a dict or list are taken as they are, without a call each.
+    if type(obj) is dict and tuple(obj) in _SORTED_SHAPES \
+            and _SCALARS.issuperset(map(type, obj.values())):
+        # Canonical already: its keys are str in sorted order (they equal a sorted shape) and
+        # its values scalars, so the sorted copy below would equal it, order included. Only
+        # for an exact dict: msgpack asks a subclass for its items, in an order of its own.
+        return obj
     if isinstance(obj, dict):
         return {str(k): v if type(v) in _SCALARS else _canonical(v) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):
@@ -270,7 +282,8 @@ def _transfer_items(value: Any, name: str) -> list[dict[str, Any]]:
                 raise invalid(f"{name}[{i}] repeats trade_id {item['trade_id']}", field=name)
             seen.add(item["trade_id"])
     for i in general:
-        items[i] = _check_transfer(items[i], f"{name}[{i}]")
+        checked = _check_transfer(items[i], f"{name}[{i}]")
+        items[i] = {k: checked[k] for k in _ITEM_KEYS}  # in the order _plain_transfer gives
     return items
 
 
@@ -315,8 +328,9 @@ def _new_price(s: str) -> int | None:
 
 def _plain_transfer(v: Any) -> dict[str, Any] | None:
     """The common batch item (a quantity, no serials) checked in one pass: the same dict as
-    _check_transfer(_parse_fields(v, _TRANSFER_ITEM, ...)) would give, or None for anything
-    else (which the general path then parses, or refuses with its own message)."""
+    _check_transfer(_parse_fields(v, _TRANSFER_ITEM, ...)) would give, its keys in _ITEM_KEYS
+    order, or None for anything else (which the general path then parses, or refuses with its
+    own message)."""
     if type(v) is not dict or len(v) != 7:
         return None
     try:  # seven keys, and these seven: no others
@@ -339,8 +353,8 @@ def _plain_transfer(v: Any) -> dict[str, Any] | None:
     mode = _MODES.get(mode)
     if seller is None or buyer is None or ticket is None or price_fen is None or mode is None:
         return None
-    return {"trade_id": trade_id, "seller": seller, "buyer": buyer, "ticket_no": ticket,
-            "quantity_t": q, "price_fen": price_fen, "mode": mode, "first": 0, "last": 0}
+    return {"buyer": buyer, "first": 0, "last": 0, "mode": mode, "price_fen": price_fen,
+            "quantity_t": q, "seller": seller, "ticket_no": ticket, "trade_id": trade_id}
 
 
 _spec("settle_batch", batch_id=_ref, transfers=_transfer_items)

@@ -1,8 +1,13 @@
 """A batch's common items are checked by a fast path; it must give exactly what the general
-parser gives (same keys, same order, same values), and leave everything else to it."""
+parser gives (same keys, same values), and leave everything else to it. Every batch item has its
+keys in sorted order, which lets canonical_bytes pack it as it is: the bytes must stay those of
+the first definition, for every value."""
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -18,7 +23,9 @@ GOOD = {"trade_id": "T-1", "seller": "h-a", "buyer": "h-b", "ticket_no": "SM-000
 
 
 def _general(item: dict[str, Any]) -> dict[str, Any]:
-    return C._check_transfer(C._parse_fields(item, C._TRANSFER_ITEM, "t"), "t")
+    """The general path's item, its keys in the order a batch gives them."""
+    checked = C._check_transfer(C._parse_fields(item, C._TRANSFER_ITEM, "t"), "t")
+    return {k: checked[k] for k in C._ITEM_KEYS}
 
 
 def test_the_common_item_takes_the_fast_path() -> None:
@@ -91,13 +98,13 @@ def _reference_items(value: Any, name: str = "transfers") -> list[dict[str, Any]
 
 
 def _outcome(parse: Any, value: Any) -> Any:
-    """What a parser gives: the items (with their keys' order and their values' types), or
-    the refusal's code, message and details."""
+    """What a parser gives: the items (their values with their types), or the refusal's code,
+    message and details."""
     try:
         items = parse(value, "transfers")
-        return ("ok", [[(k, type(v), v) for k, v in item.items()] for item in items])
     except DomainError as e:
         return ("refused", e.code, e.message, e.details)
+    return ("ok", [sorted((k, type(v), v) for k, v in item.items()) for item in items])
 
 
 class Slug(str):
@@ -151,7 +158,19 @@ def test_a_batch_parses_as_the_general_path_alone_parses_it(value: Any, forget: 
     if forget:
         for memo in (C._SLUGS, C._TICKETS, C._PRICES):
             memo.clear()
-    assert _outcome(C._transfer_items, value) == _outcome(_reference_items, value)
+    outcome = _outcome(C._transfer_items, value)
+    assert outcome == _outcome(_reference_items, value)
+    if outcome[0] == "ok":
+        assert all(tuple(item) == C._ITEM_KEYS for item in C._transfer_items(value, "t"))
+
+
+def test_a_parsed_batch_pickles_and_keeps_its_digest() -> None:
+    items = [dict(GOOD, trade_id=f"T-{i}", seller=["h-a", "h-c"][i % 2]) for i in range(6)]
+    items[3] = dict(items[3], **SERIALS, quantity_t=None)
+    cmd = C.make("settle_batch", "exchange-1", "c-1", {"batch_id": "B-1", "transfers": items})
+    copy = pickle.loads(pickle.dumps(cmd, protocol=pickle.HIGHEST_PROTOCOL))
+    assert copy == cmd and copy.digest() == cmd.digest()
+    assert [tuple(item) for item in copy["transfers"]] == [C._ITEM_KEYS] * 6
 
 
 def test_the_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,18 +187,34 @@ def _reference_canonical(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_reference_canonical(v) for v in obj]
     if isinstance(obj, float):
-        raise DomainError("invalid_argument", "float")
+        raise DomainError("invalid_argument", "floating-point numbers are not allowed in the ledger")
     return obj
 
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), st.text(max_size=5),
                     st.binary(max_size=4), st.floats(allow_nan=False))
+
+
+def _item_shaped(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """Dicts with a batch item's keys (which canonical_bytes may take as they are): in sorted
+    order or not, all of them or most, holding scalars mostly, and now and then a float, a
+    list, a dict; exact dicts or OrderedDicts."""
+    shapes = st.sampled_from(sorted({C._ITEM_KEYS, *C._SORTED_SHAPES}))
+    keys = st.one_of(shapes, shapes, shapes.flatmap(st.permutations), shapes.map(lambda k: k[::-1]),
+                     shapes.map(lambda k: k[1:]), shapes.map(lambda k: (*k, "zz")))
+    values = st.one_of(scalars.filter(lambda v: type(v) is not float), inner)
+    # (ten values: as many as the longest key tuple has keys, or one more)
+    return st.builds(lambda ks, vs, kind: kind(zip(ks, vs, strict=False)), keys,
+                     st.lists(values, min_size=10, max_size=10),
+                     st.sampled_from([dict, dict, OrderedDict]))
+
+
 trees = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.tuples(inner, inner),
-    st.dictionaries(st.text(max_size=4), inner, max_size=4)), max_leaves=20)
+    st.dictionaries(st.text(max_size=4), inner, max_size=4), _item_shaped(inner)), max_leaves=20)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(trees)
 def test_canonical_bytes_equal_the_first_definitions(tree: Any) -> None:
     try:
@@ -189,3 +224,20 @@ def test_canonical_bytes_equal_the_first_definitions(tree: Any) -> None:
             C.canonical_bytes(tree)
         return
     assert C.canonical_bytes(tree) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["batch_id", "transfers", "lines", "x"]), trees,
+                       max_size=3), st.lists(_item_shaped(trees), max_size=3))
+def test_a_commands_digest_is_that_of_its_payload_sorted_everywhere(
+        args: dict[str, Any], items: list[dict[str, Any]]) -> None:
+    cmd = C.Command("settle_batch", "exchange-1", "c-1", {**args, "transfers": items})
+    try:
+        expected = hashlib.sha256(C.msgpack.packb(_reference_canonical(cmd.payload()),
+                                                  use_bin_type=True)).hexdigest()
+    except DomainError as e:
+        with pytest.raises(DomainError) as info:
+            cmd.digest()
+        assert (info.value.code, info.value.message) == (e.code, e.message)
+        return
+    assert cmd.digest() == expected

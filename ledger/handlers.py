@@ -43,6 +43,10 @@ class UnitOfWork:
         self.load = load
         self.loaded: dict[UUID, LedgerAggregate | None] = {}
         self.created: list[LedgerAggregate] = []
+        # participants and tickets found, by id and number: a batch asks for the same ones again
+        # and again, and one lookup of a string replaces making its aggregate id and finding it
+        self._participants: dict[str, Participant] = {}
+        self._tickets: dict[str, Ticket] = {}
 
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None:
         agg = self.loaded.get(aggregate_id, _ABSENT)
@@ -81,13 +85,24 @@ class UnitOfWork:
     # Lookups that refuse with the domain's codes --------------------------------------------
 
     def participant(self, participant_id: str) -> Participant:
-        return self.get(Participant, Participant.id_for(participant_id), lambda: DomainError(
-            "unknown_participant", f"no participant {participant_id} is registered",
-            participant_id=participant_id))
+        found = self._participants.get(participant_id)
+        return found if found is not None else self._find_participant(participant_id)
+
+    def _find_participant(self, participant_id: str) -> Participant:
+        found = self._participants[participant_id] = self.get(
+            Participant, Participant.id_for(participant_id), lambda: DomainError(
+                "unknown_participant", f"no participant {participant_id} is registered",
+                participant_id=participant_id))
+        return found
 
     def ticket(self, ticket_no: str) -> Ticket:
-        return self.get(Ticket, Ticket.id_for(ticket_no), lambda: DomainError(
+        found = self._tickets.get(ticket_no)
+        return found if found is not None else self._find_ticket(ticket_no)
+
+    def _find_ticket(self, ticket_no: str) -> Ticket:
+        found = self._tickets[ticket_no] = self.get(Ticket, Ticket.id_for(ticket_no), lambda: DomainError(
             "unknown_ticket", f"no ticket {ticket_no} has been issued", ticket_no=ticket_no))
+        return found
 
     def pledge(self, pledge_id: str) -> Pledge:
         return self.get(Pledge, Pledge.id_for(pledge_id), lambda: DomainError(

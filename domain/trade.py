@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from domain.base import LedgerAggregate, name_uuid
@@ -25,6 +26,22 @@ class Trade(LedgerAggregate):
         price_fen: int
         mode: str
         batch_id: str
+
+        def mutate(self, aggregate: Any) -> Trade:
+            """The trade, made as Created.mutate makes it (the library's base attributes, then
+            what __init__ sets, in that order), straight from the event's fields: __init__ only
+            copies them, and every settled transfer makes a trade."""
+            assert aggregate is None
+            f = self.__dict__
+            trade = object.__new__(Trade)
+            trade.__dict__ = {
+                "_id": f["originator_id"], "_version": f["originator_version"],
+                "_created_on": f["timestamp"], "_modified_on": f["timestamp"],
+                "_pending_events": [], "trade_id": f["trade_id"], "exchange": f["exchange"],
+                "seller": f["seller"], "buyer": f["buyer"], "ticket_no": f["ticket_no"],
+                "quantity_t": f["quantity_t"], "ranges": f["ranges"], "price_fen": f["price_fen"],
+                "mode": f["mode"], "batch_id": f["batch_id"]}
+            return trade
 
     def __init__(self, trade_id: str, exchange: str, seller: str, buyer: str, ticket_no: str,
                  quantity_t: int, ranges: list, price_fen: int, mode: str, batch_id: str) -> None:

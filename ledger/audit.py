@@ -594,7 +594,8 @@ class Auditor:
                          f"the signature by {job.signer} with key {job.key_id} on command {cid} "
                          "does not verify")
 
-            authenticate(uow, command, g.signed, g.actor_sig, g.consents, now=g.now, verify=queue)
+            authenticate(uow, command, g.signed, g.actor_sig, g.consents, now=g.now, verify=queue,
+                         checked=g.checked)
             outcome = self.handlers[command.name](uow, command)
         except DomainError as e:
             name, actor = g.name, g.actor

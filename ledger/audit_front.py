@@ -41,7 +41,7 @@ from domain.command import CommandRecord
 from domain.errors import DomainError
 from domain.participant import Participant
 from ledger import merkle
-from ledger.authentication import split_signatures
+from ledger.authentication import Checked, check_bases, split_signatures
 from ledger.records import GENESIS_CHAIN, RecordRow, next_chain, record_bytes_of
 from ledger.signing import Signature, SignedCommand, parse_canonical
 from ledger.transcoder import _UNPACKING, MsgpackTranscoder
@@ -64,6 +64,7 @@ class Group(NamedTuple):
     signed: SignedCommand
     actor_sig: Signature
     consents: dict[str, Signature]
+    checked: Checked  # the signatures' checks that read nothing but the signed command
     now: int
     outcome: Any  # the recorded outcome, encoded (bytes); or ("raw", value); or an exception
     events: list[tuple[str, bytes, int, bytes, Any]]  # (topic, id, version, norm, key time)
@@ -259,6 +260,7 @@ class Front:
                                    signatures=tuple(Signature.from_record(s)
                                                     for s in record_event.signatures))
             actor_sig, consents = split_signatures(command, signed)
+            checked = check_bases(signed, actor_sig, consents)
             now = int(record_event.timestamp.timestamp())
         except DomainError as e:
             raise _Halt(Stop(record_pos, f"command {cid} ({record_event.name} by "
@@ -304,8 +306,8 @@ class Front:
         except Exception as e:
             outcome = e
         return Group(record_pos, first, cid, _attr(record_event, "name"),
-                     _attr(record_event, "actor"), command, signed, actor_sig, consents, now,
-                     outcome, events, self._checkpoints_at(record_pos))
+                     _attr(record_event, "actor"), command, signed, actor_sig, consents, checked,
+                     now, outcome, events, self._checkpoints_at(record_pos))
 
     def _checkpoints_at(self, position: int) -> list[tuple[bytes, bytes | None, Any] | None]:
         """For each checkpoint the replay checks at this command: (root, chain, the consistency

@@ -19,11 +19,30 @@ from ledger.signing import (
     CONSENT_TAG,
     WINDOW_FUTURE_S,
     WINDOW_PAST_S,
+    ParsedBase,
     Signature,
     SignedCommand,
     check_base,
     parse_base,
 )
+
+# check_base's result for a command's actor signature, and for each consent by party, made
+# beforehand (by the audit's reader); None where it failed, and check_base then runs here again
+Checked = tuple[ParsedBase | None, dict[str, ParsedBase | None]]
+
+
+def check_bases(signed: SignedCommand, actor_sig: Signature,
+                consents: dict[str, Signature]) -> Checked:
+    """What authenticate's check_base calls give for these signatures (None for a refusal):
+    they read nothing but the signed command, so they can be made apart from the replay."""
+    def checked(sig: Signature, consent: bool) -> ParsedBase | None:
+        try:
+            return check_base(sig, body=signed.body, method=signed.method, path=signed.path,
+                              consent=consent)
+        except DomainError:
+            return None
+
+    return checked(actor_sig, False), {party: checked(sig, True) for party, sig in consents.items()}
 
 
 @dataclass(frozen=True)
@@ -66,11 +85,13 @@ def split_signatures(command: C.Command, signed: SignedCommand
 
 def authenticate(uow: UnitOfWork, command: C.Command, signed: SignedCommand, actor_sig: Signature,
                  consents: dict[str, Signature], *, now: int,
-                 verify: Callable[[SignatureJob], None]) -> None:
+                 verify: Callable[[SignatureJob], None], checked: Checked | None = None) -> None:
     """Check every signature under the signer's current key, the time window and the role.
 
     `now` is the ledger's clock when the command arrived (for the auditor: the record's time).
+    `checked`: check_bases(signed, actor_sig, consents), when it was made beforehand.
     """
+    actor_base, consent_bases = checked if checked is not None else (None, {})
     if command.name == "initialise":
         # The genesis record is self-signed: it introduces the operator's key.
         public = command["public_key"]
@@ -81,16 +102,18 @@ def authenticate(uow: UnitOfWork, command: C.Command, signed: SignedCommand, act
         actor = uow.participant(command.actor)
         public = actor.active_key(actor_sig.key_id)
         C.check_permission(command.name, actor.participant_id, actor.role)
-    _check(actor_sig, signed, public, consent=False, now=now, verify=verify)
+    created = _check(actor_sig, signed, public, consent=False, now=now, verify=verify,
+                     parsed=actor_base)
     if command.name != "initialise":
-        actor.check_key_time(actor_sig.key_id, _created(actor_sig), WINDOW_PAST_S + WINDOW_FUTURE_S)
+        actor.check_key_time(actor_sig.key_id, created, WINDOW_PAST_S + WINDOW_FUTURE_S)
     needed = _consenting_parties(uow, command)
     for party, key_of in needed:
         sig = consents.get(party)
         if sig is None:
             raise DomainError("consent_missing", f"{command.name} needs the consent signature of "
                               f"{party}", party=party)
-        _check(sig, signed, key_of(sig), consent=True, now=now, verify=verify)
+        _check(sig, signed, key_of(sig), consent=True, now=now, verify=verify,
+               parsed=consent_bases.get(party))
     unexpected = set(consents) - {party for party, _ in needed}
     if unexpected:
         raise DomainError("bad_signature", f"{command.name} takes no consent signature from "
@@ -127,9 +150,12 @@ def _consenting_parties(uow: UnitOfWork, command: C.Command
 
 
 def _check(sig: Signature, signed: SignedCommand, public: str, *, consent: bool, now: int,
-           verify: Callable[[SignatureJob], None]) -> None:
-    parsed = check_base(sig, body=signed.body, method=signed.method, path=signed.path,
-                        consent=consent)
+           verify: Callable[[SignatureJob], None], parsed: ParsedBase | None = None) -> int:
+    """The signature's checks but the Ed25519 verification, which goes to `verify`; its created
+    time. `parsed`: what check_base gave for it beforehand (None: not known, or refused)."""
+    if parsed is None:
+        parsed = check_base(sig, body=signed.body, method=signed.method, path=signed.path,
+                            consent=consent)
     created = parsed.params["created"]
     if not now - WINDOW_PAST_S <= created <= now + WINDOW_FUTURE_S:
         when = (f"{now - created} s before" if created <= now else f"{created - now} s after")
@@ -137,3 +163,4 @@ def _check(sig: Signature, signed: SignedCommand, public: str, *, consent: bool,
                           f"{when} the ledger's clock ({now}); accepted: {WINDOW_PAST_S} s before to "
                           f"{WINDOW_FUTURE_S} s after", created=created, now=now)
     verify(SignatureJob(sig.signer, sig.key_id, public, sig.signature, sig.base.encode("utf-8")))
+    return created

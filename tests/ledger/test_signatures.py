@@ -50,6 +50,29 @@ def copy_database(src: Path, dst: Path) -> None:
         target.close()
 
 
+@pytest.fixture(autouse=True)
+def authenticated_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command of these tests is authenticated twice more: with the signatures' base
+    checks made beforehand (check_bases, as the audit's reader makes them) and without; the two
+    must agree, refusal for refusal, before the registry's own authentication runs."""
+    import ledger.application
+    from ledger.authentication import authenticate, check_bases
+
+    def twice(uow: Any, command: Any, signed: SignedCommand, actor_sig: Signature,
+              consents: dict[str, Signature], **kw: Any) -> None:
+        verdicts = []
+        for checked in (None, check_bases(signed, actor_sig, consents)):
+            try:
+                authenticate(uow, command, signed, actor_sig, consents, **kw, checked=checked)
+                verdicts.append(None)
+            except DomainError as e:
+                verdicts.append((e.code, e.message))
+        assert verdicts[0] == verdicts[1]
+        authenticate(uow, command, signed, actor_sig, consents, **kw)
+
+    monkeypatch.setattr(ledger.application, "authenticate", twice)
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo story, loaded once per module into a database file and a key folder."""

@@ -29,8 +29,7 @@ import signal
 from bisect import bisect_left
 from json.encoder import encode_basestring as _string
 from multiprocessing import get_context
-from typing import Any, NamedTuple
-from uuid import UUID
+from typing import Any
 
 from domain.base import LedgerAggregate
 from domain.blocks import WatchedBlocks
@@ -39,6 +38,7 @@ from ledger import merkle
 from ledger.commitments import entry, key_of, leaf_bytes
 
 _STATES = frozenset((AVAILABLE, PLEDGED, RETIRED, CANCELLED))
+_NONE_YET: Any = object()  # no edits noted since the last take_edits()
 
 
 class TicketInvariants:
@@ -52,20 +52,26 @@ class TicketInvariants:
     state commitment (`_block_json`), encoded when the block is made."""
 
     def __init__(self) -> None:
-        # ticket id -> (its blocks, watched since they were last verified; its quantity then;
-        # the number of blocks then)
-        self._verified: dict[UUID, tuple[WatchedBlocks, Any, int]] = {}
-        # ticket id -> how its blocks' JSON changed since the last take_edits(): (lo, hi, the
+        # Both by id(ticket): the replay changes each ticket in place, and the entry holds the
+        # ticket, so that its id cannot go to another object while it is here.
+        # id(ticket) -> (the ticket, its blocks, watched since they were last verified; its
+        # quantity then; the number of blocks then)
+        self._verified: dict[int, tuple[Ticket, WatchedBlocks, Any, int]] = {}
+        # id(ticket) -> how its blocks' JSON changed since the last take_edits(): (lo, hi, the
         # JSON of the blocks that replaced blocks lo..hi-1), in order; None: not known
-        self._edits: dict[UUID, list[tuple[int, int, list[str]]] | None] = {}
+        self._edits: dict[int, list[tuple[int, int, list[str]]] | None] = {}
+
+    def _seen(self, ticket: Ticket) -> tuple[Ticket, WatchedBlocks, Any, int] | None:
+        seen = self._verified.get(id(ticket))
+        return seen if seen is not None and seen[0] is ticket else None
 
     def check(self, ticket: Ticket) -> None:
         """Raise AssertionError (the ticket's own) if the ticket's invariants do not hold."""
         blocks = ticket.blocks
-        tid = ticket.id
-        seen = self._verified.get(tid)
+        tid = id(ticket)
+        seen = self._seen(ticket)
         span = None
-        if seen is not None and seen[0] is blocks and seen[1] == ticket.quantity_t:
+        if seen is not None and seen[1] is blocks and seen[2] == ticket.quantity_t:
             span = blocks.touched()
             if span is not None and not self._changed_part_holds(blocks, span,
                                                                  ticket.quantity_t):
@@ -75,29 +81,30 @@ class TicketInvariants:
             if type(blocks) is not WatchedBlocks:
                 blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks, _block_json)
         blocks.seal()
-        self._verified[tid] = (blocks, ticket.quantity_t, len(blocks))
-        edits = self._edits.get(tid)
+        self._verified[tid] = (ticket, blocks, ticket.quantity_t, len(blocks))
         if span is None or seen is None or blocks.encoded is None:
             self._edits[tid] = None
-        elif edits is not None or tid not in self._edits:
-            lo, hi = span
-            if edits is None:
+            return
+        edits = self._edits.get(tid, _NONE_YET)
+        if edits is not None:
+            if edits is _NONE_YET:
                 edits = self._edits[tid] = []
-            edits.append((lo, hi - len(blocks) + seen[2], blocks.encoded[lo:hi]))
+            lo, hi = span
+            edits.append((lo, hi - len(blocks) + seen[3], blocks.encoded[lo:hi]))
 
     def take_edits(self, ticket: Ticket) -> list[tuple[int, int, list[str]]] | None:
         """How the JSON of the ticket's blocks changed since the last call for it (each edit:
         the blocks lo..hi-1 of the list as it was then were replaced by the JSON given), or
         None when that is not known (the blocks were checked in full, or replaced)."""
-        return self._edits.pop(ticket.id, None)
+        return self._edits.pop(id(ticket), None)
 
     def encoded(self, ticket: Ticket) -> list[str] | None:
         """The JSON of each of the ticket's blocks, when they are the blocks last verified,
         unchanged since, and their JSON is known; else None."""
-        seen = self._verified.get(ticket.id)
-        if seen is None or seen[0] is not ticket.blocks or not seen[0].sealed:
+        seen = self._seen(ticket)
+        if seen is None or seen[1] is not ticket.blocks or not seen[1].sealed:
             return None
-        return seen[0].encoded
+        return seen[1].encoded
 
     @staticmethod
     def _changed_part_holds(blocks: WatchedBlocks, span: tuple[int, int], quantity: Any) -> bool:
@@ -169,7 +176,7 @@ class AuditCommitment:
 
     def _refresh(self) -> list[tuple[int, Any]]:
         """The leaves of the aggregates touched since the last refresh: (position, leaf), where
-        a leaf is its hash, or for a ticket a TicketLeaf that the tree hashes (see there)."""
+        a leaf is its hash, or for a ticket what the tree makes it from (LeafTree._ticket)."""
         checked = False
         keys = self._keys
         changed: list[tuple[int, Any]] = []
@@ -193,7 +200,7 @@ class AuditCommitment:
                                 self._sent.clear()
                                 changed.append((at, merkle.leaf_hash(data)))
                                 continue
-                            leaf = leaf._replace(check=merkle.leaf_hash(data))
+                            leaf = (key, merkle.leaf_hash(data), *leaf[2:])
                         changed.append((at, leaf))
                         continue
                 self._sent.discard(key)  # the tree's JSON of this ticket is out of date
@@ -204,7 +211,7 @@ class AuditCommitment:
         return changed
 
     def _ticket_leaf(self, key: str, t: Ticket,
-                     edits: list[tuple[int, int, list[str]]] | None) -> TicketLeaf | None:
+                     edits: list[tuple[int, int, list[str]]] | None) -> tuple[Any, ...] | None:
         """What the tree needs to make the ticket's leaf from the JSON it has of it: the edits
         since it last had it, or all of it; None when the blocks' JSON is not known here."""
         head = (t.quantity_t, t.issuer, t.project_id, t.standard, t.ticket_no)
@@ -222,9 +229,9 @@ class AuditCommitment:
         if encoded is None:  # changed since it was last checked: not the JSON kept
             return None
         if edits is not None and key in self._sent:
-            return TicketLeaf(key, None, None, None, edits, None)
+            return (key, None, edits)
         self._sent.add(key)
-        return TicketLeaf(key, before, after, list(encoded), None, None)
+        return (key, None, before, after, list(encoded))
 
     def _changes(self) -> tuple[list[int], list[tuple[int, bytes]], int]:
         """What changed since the last call, for the tree: the positions where keys were
@@ -245,27 +252,13 @@ class AuditCommitment:
         return self.tree.matches(expected, size, *self._changes())
 
 
-class TicketLeaf(NamedTuple):
-    """A ticket's leaf, for the tree to make from the JSON of the ticket's blocks that it keeps:
-    all of it (`blocks`, with the JSON before and after them), or the `edits` to make to what it
-    has (each: the blocks lo..hi-1 replaced by the JSON given). `check`, when given, is the leaf
-    hash the replay made of the same ticket the ordinary way: the tree's must be the same."""
-
-    key: str
-    before: str | None
-    after: str | None
-    blocks: list[str] | None
-    edits: list[tuple[int, int, list[str]]] | None
-    check: bytes | None
-
-
 def _ticket_text(before: str, blocks: list[str], after: str) -> bytes:
     return (before + ",".join(blocks) + after).encode()
 
 
 class LeafTree:
     """The stored levels of complete subtrees over the commitment's leaves, kept up to date,
-    and each ticket's blocks' JSON, from which it makes the tickets' leaves (TicketLeaf)."""
+    and each ticket's blocks' JSON, from which it makes the tickets' leaves (_ticket)."""
 
     def __init__(self) -> None:
         self.leaves: list[bytes] = []
@@ -280,17 +273,24 @@ class LeafTree:
             leaves[at] = leaf if type(leaf) is bytes else self._ticket(leaf)
         _rehash(self.levels, leaves, [at for at, _ in changed], start)
 
-    def _ticket(self, leaf: TicketLeaf) -> bytes:
-        if leaf.blocks is not None:
-            kept = self.tickets[leaf.key] = [leaf.before, leaf.blocks, leaf.after]
+    def _ticket(self, leaf: tuple[Any, ...]) -> bytes:
+        """A ticket's leaf hash from the JSON of its blocks kept here, given (plain tuples, which
+        cross to a commitment process at the least cost) either all of it, as
+        (key, check, JSON before the blocks, JSON after them, the blocks' JSON), or the edits
+        to make to what is kept, as (key, check, [(lo, hi, the JSON of the blocks that replace
+        blocks lo..hi-1), ...]). `check`, when not None, is the leaf hash the replay made of
+        the same ticket the ordinary way: the one made here must be the same."""
+        key, check = leaf[0], leaf[1]
+        if len(leaf) == 5:
+            kept = self.tickets[key] = [leaf[2], leaf[4], leaf[3]]
         else:
-            kept = self.tickets[leaf.key]
+            kept = self.tickets[key]
             blocks = kept[1]
-            for lo, hi, replaced_by in leaf.edits:  # type: ignore[union-attr]
+            for lo, hi, replaced_by in leaf[2]:
                 blocks[lo:hi] = replaced_by
         made = merkle.leaf_hash(_ticket_text(*kept))
-        if leaf.check is not None and made != leaf.check:
-            raise RuntimeError(f"the audit's copy of {leaf.key}'s blocks differs from the "
+        if check is not None and made != check:
+            raise RuntimeError(f"the audit's copy of {key}'s blocks differs from the "
                                "replayed ticket's")
         return made
 

@@ -9,7 +9,7 @@ and canonical state.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from sys import intern
 from typing import Any
@@ -216,29 +216,23 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
 
     `holders` is the holder of every block, in order, kept with each assignment (None after a
     change of unknown place, until the next seal): `select` finds a holder's blocks in it
-    without reading the other blocks. Given an `encode` function, `encoded` is kept the same
-    way: encode(block) for every block (the audit's JSON of each block for the state
-    commitment, so that only the blocks a command made are encoded)."""
+    without reading the other blocks."""
 
-    __slots__ = ("spans", "unknown", "holders", "encode", "encoded")
+    __slots__ = ("spans", "unknown", "holders")
 
-    def __init__(self, blocks: Iterable[Block] = (),
-                 encode: Callable[[Any], str] | None = None) -> None:
+    def __init__(self, blocks: Iterable[Block] = ()) -> None:
         super().__init__(blocks)
         self.spans: list[tuple[int, int, int]] = []
         self.unknown = False
-        self.encode = encode
         self.holders: list[str] | None = None
-        self.encoded: list[str] | None = None
         self._derive()
 
     def _derive(self) -> None:
-        """Make the holders (and the encodings) from the blocks; None where they are not blocks."""
+        """Make the holders from the blocks; None where they are not blocks."""
         try:
             self.holders = list(map(_HOLDER, self))
-            self.encoded = None if self.encode is None else list(map(self.encode, self))
-        except Exception:  # not blocks: select and the commitment read the blocks then
-            self.holders = self.encoded = None
+        except Exception:  # not blocks: select reads the blocks then
+            self.holders = None
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if type(key) is int:
@@ -256,19 +250,17 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
             list.__setitem__(self, key, value)
 
     def _note(self, lo: int, hi: int, items: list[Any]) -> None:
-        """items replaced the blocks lo..hi-1: note the span, and keep holders and encodings."""
+        """items replaced the blocks lo..hi-1: note the span, and keep the holders."""
         self.spans.append((lo, hi, len(items)))
-        try:
-            if self.holders is not None:
+        if self.holders is not None:
+            try:
                 self.holders[lo:hi] = map(_HOLDER, items)
-            if self.encoded is not None:
-                self.encoded[lo:hi] = map(self.encode, items)  # type: ignore[arg-type]
-        except Exception:  # not blocks
-            self.holders = self.encoded = None
+            except Exception:  # not blocks
+                self.holders = None
 
     def _lose_track(self) -> None:
         self.unknown = True
-        self.holders = self.encoded = None
+        self.holders = None
 
     @property
     def sealed(self) -> bool:
@@ -298,7 +290,7 @@ class WatchedBlocks(list):  # type: ignore[type-arg]
     def seal(self) -> None:
         """Take the current items as the ones to note changes from."""
         self.spans.clear()
-        if self.unknown or self.holders is None or (self.encode and self.encoded is None):
+        if self.unknown or self.holders is None:
             self._derive()
         self.unknown = False
 

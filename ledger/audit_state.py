@@ -7,17 +7,20 @@
   assigned to, so the blocks outside those spans are the ones last verified, and checking the
   rest with their neighbours gives the same verdict as checking them all. Whenever that cannot
   be shown, or something is wrong, the ticket's own `check_invariants()` runs over every block
-  and raises its own message. The list also keeps each block's JSON for the state commitment,
-  encoded once, when the block is made.
+  and raises its own message. It also notes, for the state commitment, how the blocks changed:
+  the blocks each span now holds.
 
 * `AuditCommitment` is `ledger.commitments.StateCommitment` for the audit: the same leaves and
-  root (kept as a tree whose paths are rehashed only where leaves changed or moved), but a
-  ticket's leaf is written by joining its blocks' JSON that the watched list kept, when the
-  blocks verified last are (still) the ticket's blocks; otherwise every block is encoded. The
-  first ticket leaf of every refresh is also written the ordinary way (`commitments.entry` and
-  canonical JSON) and compared, so any difference in the encoding turns the shortcut off for the
-  rest of the audit. The tree is a `LeafTree` here, or a `TreeProcess` (the same tree in a
-  process of its own, which checks each checkpoint's root while the replay goes on).
+  root (kept as a tree whose paths are rehashed only where leaves changed or moved). The tree
+  keeps each ticket's blocks as JSON and makes the ticket's leaf itself: the replay sends it
+  the blocks that changed since (or, the first time and whenever the changes are not known,
+  all of them), not the leaf. The first ticket leaf of every refresh is also written the
+  ordinary way (`commitments.entry` and canonical JSON) and compared with the shortcut's text,
+  so any difference in the encoding turns the shortcut off for the rest of the audit, and the
+  tree checks its own leaf of that ticket against the ordinary one. The tree is a `LeafTree`
+  here, or a `TreeProcess` (the same tree in a process of its own, which checks each
+  checkpoint's root while the replay goes on): in the audit of a long log the JSON is written
+  and hashed there, on the other core.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ class TicketInvariants:
     list (set as the ticket's blocks), which notes the spans a command replaced: only the blocks
     in them, and their neighbours, are checked again. Anything the list cannot account for (a
     change of unknown place, another list set as the ticket's blocks, another quantity) checks
-    every block, with the ticket's own message. The list also keeps each block's JSON for the
-    state commitment (`_block_json`), encoded when the block is made."""
+    every block, with the ticket's own message. The spans checked are also noted as the
+    ticket's edits, for the state commitment (`take_edits`)."""
 
     def __init__(self) -> None:
         # Both by id(ticket): the replay changes each ticket in place, and the entry holds the
@@ -57,9 +60,9 @@ class TicketInvariants:
         # id(ticket) -> (the ticket, its blocks, watched since they were last verified; its
         # quantity then; the number of blocks then)
         self._verified: dict[int, tuple[Ticket, WatchedBlocks, Any, int]] = {}
-        # id(ticket) -> how its blocks' JSON changed since the last take_edits(): (lo, hi, the
-        # JSON of the blocks that replaced blocks lo..hi-1), in order; None: not known
-        self._edits: dict[int, list[tuple[int, int, list[str]]] | None] = {}
+        # id(ticket) -> how its blocks changed since the last take_edits(): (lo, hi, the blocks
+        # that replaced blocks lo..hi-1), in order; None: not known
+        self._edits: dict[int, list[tuple[int, int, list[Any]]] | None] = {}
 
     def _seen(self, ticket: Ticket) -> tuple[Ticket, WatchedBlocks, Any, int] | None:
         seen = self._verified.get(id(ticket))
@@ -79,10 +82,10 @@ class TicketInvariants:
         if span is None:
             ticket.check_invariants()
             if type(blocks) is not WatchedBlocks:
-                blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks, _block_json)
+                blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks)
         blocks.seal()
         self._verified[tid] = (ticket, blocks, ticket.quantity_t, len(blocks))
-        if span is None or seen is None or blocks.encoded is None:
+        if span is None or seen is None:
             self._edits[tid] = None
             return
         edits = self._edits.get(tid, _NONE_YET)
@@ -90,21 +93,21 @@ class TicketInvariants:
             if edits is _NONE_YET:
                 edits = self._edits[tid] = []
             lo, hi = span
-            edits.append((lo, hi - len(blocks) + seen[3], blocks.encoded[lo:hi]))
+            edits.append((lo, hi - len(blocks) + seen[3], blocks[lo:hi]))
 
-    def take_edits(self, ticket: Ticket) -> list[tuple[int, int, list[str]]] | None:
-        """How the JSON of the ticket's blocks changed since the last call for it (each edit:
-        the blocks lo..hi-1 of the list as it was then were replaced by the JSON given), or
-        None when that is not known (the blocks were checked in full, or replaced)."""
+    def take_edits(self, ticket: Ticket) -> list[tuple[int, int, list[Any]]] | None:
+        """How the ticket's blocks changed since the last call for it (each edit: the blocks
+        lo..hi-1 of the list as it was then were replaced by the blocks given), or None when
+        that is not known (the blocks were checked in full, or replaced)."""
         return self._edits.pop(id(ticket), None)
 
-    def encoded(self, ticket: Ticket) -> list[str] | None:
-        """The JSON of each of the ticket's blocks, when they are the blocks last verified,
-        unchanged since, and their JSON is known; else None."""
+    def verified(self, ticket: Ticket) -> WatchedBlocks | None:
+        """The ticket's blocks when they are the blocks last verified, unchanged since; else
+        None."""
         seen = self._seen(ticket)
         if seen is None or seen[1] is not ticket.blocks or not seen[1].sealed:
             return None
-        return seen[1].encoded
+        return seen[1]
 
     @staticmethod
     def _changed_part_holds(blocks: WatchedBlocks, span: tuple[int, int], quantity: Any) -> bool:
@@ -153,7 +156,7 @@ class AuditCommitment:
         # ticket key -> (its fields but the blocks, the JSON before and after the blocks)
         self._tickets: dict[str, tuple[tuple[Any, ...], str, str]] = {}
         self._fast = True
-        self._sent: set[str] = set()  # tickets whose blocks' JSON the tree has
+        self._sent: set[str] = set()  # tickets whose blocks the tree has
         self.tickets = tickets
         self._inserted: list[int] = []  # where new keys went since the last root, in order
         self.tree: LeafTree | TreeProcess = LeafTree()  # the tree over the leaves
@@ -194,8 +197,9 @@ class AuditCommitment:
                             assert found is not None
                             data = leaf_bytes(key, found[1])
                             _, before, after = self._tickets[key]
-                            encoded = self.tickets.encoded(agg)
-                            if encoded is None or _ticket_text(before, encoded, after) != data:
+                            blocks = self.tickets.verified(agg)
+                            if blocks is None or _ticket_text(
+                                    before, list(map(_block_json, blocks)), after) != data:
                                 self._fast = False
                                 self._sent.clear()
                                 changed.append((at, merkle.leaf_hash(data)))
@@ -211,9 +215,10 @@ class AuditCommitment:
         return changed
 
     def _ticket_leaf(self, key: str, t: Ticket,
-                     edits: list[tuple[int, int, list[str]]] | None) -> tuple[Any, ...] | None:
-        """What the tree needs to make the ticket's leaf from the JSON it has of it: the edits
-        since it last had it, or all of it; None when the blocks' JSON is not known here."""
+                     edits: list[tuple[int, int, list[Any]]] | None) -> tuple[Any, ...] | None:
+        """What the tree needs to make the ticket's leaf from the blocks it has of it (see
+        LeafTree._ticket): the edits since it last had them, or all of them; None when the
+        blocks changed since they were last checked."""
         head = (t.quantity_t, t.issuer, t.project_id, t.standard, t.ticket_no)
         cached = self._tickets.get(key)
         if cached is None or cached[0] != head:
@@ -225,13 +230,13 @@ class AuditCommitment:
             self._sent.discard(key)
         else:
             _, before, after = cached
-        encoded = self.tickets.encoded(t)
-        if encoded is None:  # changed since it was last checked: not the JSON kept
+        blocks = self.tickets.verified(t)
+        if blocks is None:  # changed since it was last checked: not what the edits say
             return None
         if edits is not None and key in self._sent:
             return (key, None, edits)
         self._sent.add(key)
-        return (key, None, before, after, list(encoded))
+        return (key, None, before, after, list(blocks))
 
     def _changes(self) -> tuple[list[int], list[tuple[int, bytes]], int]:
         """What changed since the last call, for the tree: the positions where keys were
@@ -275,19 +280,19 @@ class LeafTree:
 
     def _ticket(self, leaf: tuple[Any, ...]) -> bytes:
         """A ticket's leaf hash from the JSON of its blocks kept here, given (plain tuples, which
-        cross to a commitment process at the least cost) either all of it, as
-        (key, check, JSON before the blocks, JSON after them, the blocks' JSON), or the edits
-        to make to what is kept, as (key, check, [(lo, hi, the JSON of the blocks that replace
-        blocks lo..hi-1), ...]). `check`, when not None, is the leaf hash the replay made of
-        the same ticket the ordinary way: the one made here must be the same."""
+        cross to a commitment process at the least cost) either all its blocks, as
+        (key, check, JSON before the blocks, JSON after them, the blocks), or the edits to make
+        to what is kept, as (key, check, [(lo, hi, the blocks that replace blocks lo..hi-1),
+        ...]). `check`, when not None, is the leaf hash the replay made of the same ticket the
+        ordinary way: the one made here must be the same."""
         key, check = leaf[0], leaf[1]
         if len(leaf) == 5:
-            kept = self.tickets[key] = [leaf[2], leaf[4], leaf[3]]
+            kept = self.tickets[key] = [leaf[2], list(map(_block_json, leaf[4])), leaf[3]]
         else:
             kept = self.tickets[key]
             blocks = kept[1]
             for lo, hi, replaced_by in leaf[2]:
-                blocks[lo:hi] = replaced_by
+                blocks[lo:hi] = map(_block_json, replaced_by)
         made = merkle.leaf_hash(_ticket_text(*kept))
         if check is not None and made != check:
             raise RuntimeError(f"the audit's copy of {key}'s blocks differs from the "
@@ -400,8 +405,9 @@ def _tree_main(requests: Any, answers: Any, parents_ends: tuple[Any, ...]) -> No
                     _, inserted, changed, start = message
                     answers.send_bytes(pickle.dumps((tree.root(inserted, changed, start),
                                                      mismatched, "")))
-            except RuntimeError as e:
-                broken = str(e)
+            except Exception as e:  # RuntimeError: see LeafTree._ticket; anything else: a bug
+                broken = str(e) if isinstance(e, RuntimeError) else (
+                    f"the audit's commitment process failed: {type(e).__name__}: {e}")
                 if message[0] != "update":
                     answers.send_bytes(pickle.dumps((b"", [], broken)))
     except (EOFError, OSError):

@@ -221,31 +221,28 @@ def test_select_returns_the_lowest_matching_serials(case, holder, state_ref, qua
 @given(reassignments(), HOLDERS, STATES, st.integers(1, 70))
 def test_watched_blocks_keep_their_holders_and_select_as_a_plain_list(
         case, holder, state_ref, quantity) -> None:
-    """A WatchedBlocks list changed in place keeps the holder of every block beside it (and, given
-    an encoder, every block's encoding), and select over it (which searches the holders) picks
-    what select over a plain list picks."""
+    """A WatchedBlocks list changed in place keeps the holder of every block beside it, and
+    select over it (which searches the holders) picks what select over a plain list picks."""
     total, ops = case
     plain: list[B.Block] = [(1, total, "alice", A, "")]
-    watched = B.WatchedBlocks(plain, encode=repr)
+    watched = B.WatchedBlocks(plain)
     state, ref = state_ref
     for ranges, h, s, r in ops:
         plain = B.reassign(plain, ranges, h, s, r)
         B.reassign_in_place(watched, ranges, h, s, r)
         assert watched == plain
         assert watched.holders == [b[2] for b in plain]
-        assert watched.encoded == [repr(b) for b in plain]
         assert B.select(watched, holder, state, ref, quantity) == B.select(
             plain, holder, state, ref, quantity)
 
 
 def test_a_change_of_unknown_place_drops_the_holders_until_sealed() -> None:
-    watched = B.WatchedBlocks([(1, 5, "alice", A, ""), (6, 9, "bob", A, "")], encode=str)
+    watched = B.WatchedBlocks([(1, 5, "alice", A, ""), (6, 9, "bob", A, "")])
     watched.insert(0, (0, 0, "carol", A, ""))
-    assert watched.holders is None and watched.encoded is None and watched.touched() is None
+    assert watched.holders is None and watched.touched() is None
     assert B.select(watched, "carol", A, "", 1) == [(0, 0)]  # read from the blocks then
     watched.seal()
     assert watched.holders == ["carol", "alice", "bob"] and watched.touched() == (0, 0)
-    assert watched.encoded == [str(b) for b in watched]
     watched[1:2] = [7]
     assert watched.holders is None  # select reads the blocks themselves
     assert watched.touched() == (1, 2)

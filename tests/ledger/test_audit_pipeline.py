@@ -412,7 +412,7 @@ def test_a_tree_whose_copy_of_a_ticket_differs_says_so() -> None:
     the audit ends with that error rather than with a wrong verdict, in this process and in the
     commitment process alike."""
     leaf = ("ticket/SM-1", b"\0" * 32, '{"key":"ticket/SM-1","value":{"blocks":[', "]}}",
-            ['[1,5,"a","available",""]'])
+            [(1, 5, "a", "available", "")])
     with pytest.raises(RuntimeError, match="ticket/SM-1's blocks differs"):
         LeafTree().root([0], [(0, leaf)], 0)
     tree = TreeProcess()

@@ -37,7 +37,7 @@ from uuid import UUID
 import msgpack
 from eventsourcing.utils import resolve_topic
 
-from domain.base import LedgerAggregate
+from domain.base import LedgerAggregate, uuid_of_int
 from domain.errors import DomainError
 from domain.genesis import Genesis
 from domain.participant import Participant
@@ -629,8 +629,11 @@ class Auditor:
             raise _Stop(record_pos, f"the recorded outcome of command {cid} differs from what the "
                         "rules give")
         changed = uow.changed()
-        per_aggregate = [(agg, agg.collect_events()) for agg in changed]
-        produced = [e for _, evs in per_aggregate for e in evs]
+        produced: list[Any] = []
+        for agg in changed:  # agg.collect_events(), which pops its events one by one
+            pending = agg.__dict__
+            produced += pending["_pending_events"]
+            pending["_pending_events"] = []
         recorded = g.events
         first = g.first
         if len(produced) != len(recorded):
@@ -643,7 +646,7 @@ class Auditor:
             try:
                 fields = dict(want.__dict__)
                 if (type(want) is cls and fields.pop("originator_version") == version
-                        and fields.pop("originator_id").bytes == oid):
+                        and fields.pop("originator_id").int == oid):
                     fields.pop("timestamp", None)
                     if encode(fields) == norm:
                         i += 1
@@ -706,10 +709,10 @@ class Auditor:
                             f"{fields.get('command_id', '?')} but is recorded inside command "
                             f"{g.command_id}", g.position)
 
-    def _same_as_recorded(self, want: Any, oid: bytes, version: int, norm: Any) -> bool:
+    def _same_as_recorded(self, want: Any, oid: int, version: int, norm: Any) -> bool:
         """The one-pass audit's comparison of a produced event with the recorded one."""
         got = self._transcoder.decode(norm) if type(norm) is bytes else dict(norm[1])
-        got["originator_id"] = UUID(bytes=oid)
+        got["originator_id"] = uuid_of_int(oid)
         got["originator_version"] = version
         a = dict(vars(want))
         a.pop("timestamp", None)

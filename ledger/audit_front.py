@@ -67,7 +67,7 @@ class Group(NamedTuple):
     checked: Checked  # the signatures' checks that read nothing but the signed command
     now: int
     outcome: Any  # the recorded outcome, encoded (bytes); or ("raw", value); or an exception
-    events: list[tuple[str, bytes, int, bytes, Any]]  # (topic, id, version, norm, key time)
+    events: list[tuple[str, int, int, bytes, Any]]  # (topic, id as an int, version, norm, key time)
     checkpoints: list[tuple[bytes, bytes | None, Any] | None]  # per checkpoint ending here
 
 
@@ -272,7 +272,7 @@ class Front:
             if ev is None:
                 norm: Any = _without_time(rec[4])
                 if norm is not None:  # read by the replay, from these bytes
-                    events.append((rec[3], rec[1], rec[2], norm, None))
+                    events.append((rec[3], int.from_bytes(rec[1], "big"), rec[2], norm, None))
                     continue
                 ev = self._decode(rec, lazily=False)  # laid out otherwise: read here
                 _members([(rec, ev), group[-1]])
@@ -292,7 +292,7 @@ class Front:
                     when = int(ev.timestamp.timestamp())
                 except Exception as e:
                     when = e
-            events.append((rec[3], rec[1], rec[2], norm, when))
+            events.append((rec[3], int.from_bytes(rec[1], "big"), rec[2], norm, when))
         outcome: Any
         try:
             value = record_event.outcome

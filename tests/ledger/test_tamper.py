@@ -420,6 +420,19 @@ def first_transfer_event(con: sqlite3.Connection) -> tuple[int, str]:
     return position, read_state(con, position)["command_id"]
 
 
+def test_event_of_another_aggregate_with_recomputed_chain_is_named_at_the_event(
+        con: sqlite3.Connection, db: Path, demo_db: Demo) -> None:
+    """The same event, its bytes untouched, recorded under another originator id."""
+    position, command_id = first_transfer_event(con)
+    con.execute("UPDATE stored_events SET originator_id = ? WHERE rowid = ?",
+                (UUID(int=12345).hex, position))
+    recompute_chain(con)
+    con.commit()
+    at, what = failure(audit(db, demo_db.operator_key))
+    assert at == position
+    assert f"the event is not what command {command_id} yields under the rules" in what
+
+
 def test_event_moved_into_another_command_with_recomputed_chain_is_named_at_the_event(
         con: sqlite3.Connection, db: Path, demo_db: Demo) -> None:
     position, command_id = first_transfer_event(con)

@@ -19,28 +19,29 @@ from ledger.signing import (
     CONSENT_TAG,
     WINDOW_FUTURE_S,
     WINDOW_PAST_S,
-    ParsedBase,
     Signature,
     SignedCommand,
     check_base,
     parse_base,
 )
 
-# check_base's result for a command's actor signature, and for each consent by party, made
-# beforehand (by the audit's reader); None where it failed, and check_base then runs here again
-Checked = tuple[ParsedBase | None, dict[str, ParsedBase | None]]
+# The created time of a command's actor signature, and of each consent by party, where
+# check_base passed it beforehand (in the audit's reader); None where it refused it, and
+# check_base then runs again in authenticate, to refuse it there.
+Checked = tuple[int | None, dict[str, int | None]]
 
 
 def check_bases(signed: SignedCommand, actor_sig: Signature,
                 consents: dict[str, Signature]) -> Checked:
-    """What authenticate's check_base calls give for these signatures (None for a refusal):
-    they read nothing but the signed command, so they can be made apart from the replay."""
-    def checked(sig: Signature, consent: bool) -> ParsedBase | None:
+    """authenticate's check_base calls for these signatures, made apart from the replay (they
+    read nothing but the signed command): each one's created time, or None for a refusal."""
+    def checked(sig: Signature, consent: bool) -> int | None:
         try:
-            return check_base(sig, body=signed.body, method=signed.method, path=signed.path,
-                              consent=consent)
+            parsed = check_base(sig, body=signed.body, method=signed.method, path=signed.path,
+                                consent=consent)
         except DomainError:
             return None
+        return parsed.params["created"]  # type: ignore[no-any-return]
 
     return checked(actor_sig, False), {party: checked(sig, True) for party, sig in consents.items()}
 
@@ -103,7 +104,7 @@ def authenticate(uow: UnitOfWork, command: C.Command, signed: SignedCommand, act
         public = actor.active_key(actor_sig.key_id)
         C.check_permission(command.name, actor.participant_id, actor.role)
     created = _check(actor_sig, signed, public, consent=False, now=now, verify=verify,
-                     parsed=actor_base)
+                     created=actor_base)
     if command.name != "initialise":
         actor.check_key_time(actor_sig.key_id, created, WINDOW_PAST_S + WINDOW_FUTURE_S)
     needed = _consenting_parties(uow, command)
@@ -113,7 +114,7 @@ def authenticate(uow: UnitOfWork, command: C.Command, signed: SignedCommand, act
             raise DomainError("consent_missing", f"{command.name} needs the consent signature of "
                               f"{party}", party=party)
         _check(sig, signed, key_of(sig), consent=True, now=now, verify=verify,
-               parsed=consent_bases.get(party))
+               created=consent_bases.get(party))
     unexpected = set(consents) - {party for party, _ in needed}
     if unexpected:
         raise DomainError("bad_signature", f"{command.name} takes no consent signature from "
@@ -150,13 +151,12 @@ def _consenting_parties(uow: UnitOfWork, command: C.Command
 
 
 def _check(sig: Signature, signed: SignedCommand, public: str, *, consent: bool, now: int,
-           verify: Callable[[SignatureJob], None], parsed: ParsedBase | None = None) -> int:
+           verify: Callable[[SignatureJob], None], created: int | None = None) -> int:
     """The signature's checks but the Ed25519 verification, which goes to `verify`; its created
-    time. `parsed`: what check_base gave for it beforehand (None: not known, or refused)."""
-    if parsed is None:
-        parsed = check_base(sig, body=signed.body, method=signed.method, path=signed.path,
-                            consent=consent)
-    created = parsed.params["created"]
+    time. `created`: the created time when check_base passed it beforehand (see Checked)."""
+    if created is None:
+        created = check_base(sig, body=signed.body, method=signed.method, path=signed.path,
+                             consent=consent).params["created"]
     if not now - WINDOW_PAST_S <= created <= now + WINDOW_FUTURE_S:
         when = (f"{now - created} s before" if created <= now else f"{created - now} s after")
         raise DomainError("stale_signature", f"the signature by {sig.signer} was created at {created}, "

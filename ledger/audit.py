@@ -442,6 +442,9 @@ class Auditor:
         self._transcoder = MsgpackTranscoder()
         self._classes: dict[str, type] = {}
         self._checks: dict[type, bool] = {}  # whether a class has invariants of its own
+        # participants and tickets by id and number, for every unit of work of the replay: it
+        # changes them in place, and state never has another object for their ids
+        self._known: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self.handlers = Handlers().table()
         self.used_reader_process = False
 
@@ -588,7 +591,8 @@ class Auditor:
         cid = g.command_id
         command = g.command
         try:
-            uow = UnitOfWork(state.get)  # decided in place: the log is replayed, not trusted
+            # decided in place: the log is replayed, not trusted
+            uow = UnitOfWork(state.get, self._known)
 
             def queue(job: SignatureJob) -> None:
                 sigs.add(job.public_key, job.signature, job.message, record_pos,

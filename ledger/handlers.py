@@ -39,7 +39,11 @@ class UnitOfWork:
     """The aggregates one command loaded (None for one that does not exist) and the ones it
     created. The versions it read are those of the loaded aggregates it did not change."""
 
-    def __init__(self, load: Loader) -> None:
+    def __init__(self, load: Loader,
+                 known: tuple[dict[str, Participant], dict[str, Ticket]] | None = None) -> None:
+        """`known`: participants and tickets by id and number, shared by units of work whose
+        `load` gives the same object for an id every time (the audit's replayed state, which
+        changes them in place); it is filled as they are found."""
         self.load = load
         self.loaded: dict[UUID, LedgerAggregate | None] = {}
         self.created: list[LedgerAggregate] = []
@@ -47,6 +51,7 @@ class UnitOfWork:
         # and again, and one lookup of a string replaces making its aggregate id and finding it
         self._participants: dict[str, Participant] = {}
         self._tickets: dict[str, Ticket] = {}
+        self._known = known
 
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None:
         agg = self.loaded.get(aggregate_id, _ABSENT)
@@ -89,19 +94,33 @@ class UnitOfWork:
         return found if found is not None else self._find_participant(participant_id)
 
     def _find_participant(self, participant_id: str) -> Participant:
-        found = self._participants[participant_id] = self.get(
-            Participant, Participant.id_for(participant_id), lambda: DomainError(
-                "unknown_participant", f"no participant {participant_id} is registered",
-                participant_id=participant_id))
-        return found
+        return self._find_named(0, self._participants, participant_id, Participant,
+                                Participant.id_for, lambda: DomainError(
+            "unknown_participant", f"no participant {participant_id} is registered",
+            participant_id=participant_id))
 
     def ticket(self, ticket_no: str) -> Ticket:
         found = self._tickets.get(ticket_no)
         return found if found is not None else self._find_ticket(ticket_no)
 
     def _find_ticket(self, ticket_no: str) -> Ticket:
-        found = self._tickets[ticket_no] = self.get(Ticket, Ticket.id_for(ticket_no), lambda: DomainError(
-            "unknown_ticket", f"no ticket {ticket_no} has been issued", ticket_no=ticket_no))
+        return self._find_named(1, self._tickets, ticket_no, Ticket, Ticket.id_for,
+                                lambda: DomainError("unknown_ticket", f"no ticket {ticket_no} has "
+                                                    "been issued", ticket_no=ticket_no))
+
+    def _find_named(self, which: int, mine: dict[str, Any], name: str, cls: type[A],
+                    id_for: Callable[[str], UUID], missing: Callable[[], DomainError]) -> A:
+        """A participant (which=0) or ticket (1) not found by this unit of work yet: from the
+        shared `known` ones when there, noted as find() notes it; else found by its id."""
+        known = self._known[which] if self._known is not None else None
+        found = known.get(name) if known is not None else None
+        if found is not None:
+            self.loaded[found.__dict__["_id"]] = found
+        else:
+            found = self.get(cls, id_for(name), missing)
+            if known is not None:
+                known[name] = found
+        mine[name] = found
         return found
 
     def pledge(self, pledge_id: str) -> Pledge:

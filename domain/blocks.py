@@ -72,7 +72,8 @@ def select(blocks: Sequence[Block], holder: str, state: str, ref: str, quantity:
             need -= take
             if need == 0:
                 break
-    return normalise(out)
+    # One range (the common case: the holder's first block had enough) is normalised already.
+    return out if len(out) == 1 else normalise(out)
 
 
 def count(blocks: Sequence[Block], holder: str | None = None, state: str | None = None,

@@ -32,7 +32,7 @@ import signal
 from bisect import bisect_left
 from json.encoder import encode_basestring as _string
 from multiprocessing import get_context
-from typing import Any
+from typing import Any, NamedTuple
 
 from domain.base import LedgerAggregate
 from domain.blocks import WatchedBlocks
@@ -41,7 +41,6 @@ from ledger import merkle
 from ledger.commitments import entry, key_of, leaf_bytes
 
 _STATES = frozenset((AVAILABLE, PLEDGED, RETIRED, CANCELLED))
-_NONE_YET: Any = object()  # no edits noted since the last take_edits()
 
 
 class TicketInvariants:
@@ -58,13 +57,15 @@ class TicketInvariants:
         # Both by id(ticket): the replay changes each ticket in place, and the entry holds the
         # ticket, so that its id cannot go to another object while it is here.
         # id(ticket) -> (the ticket, its blocks, watched since they were last verified; its
-        # quantity then; the number of blocks then)
-        self._verified: dict[int, tuple[Ticket, WatchedBlocks, Any, int]] = {}
-        # id(ticket) -> how its blocks changed since the last take_edits(): (lo, hi, the blocks
-        # that replaced blocks lo..hi-1), in order; None: not known
-        self._edits: dict[int, list[tuple[int, int, list[Any]]] | None] = {}
+        # quantity then; the number of blocks then; its commitment key)
+        self._verified: dict[int, tuple[Ticket, WatchedBlocks, Any, int, str]] = {}
+        # With a list here (AuditCommitment sets one), each check notes in it how the ticket's
+        # blocks changed, in order: (key, lo, hi, the blocks that replaced blocks lo..hi-1) for
+        # the span checked, or (key, the fields outside the blocks, all the blocks) when the
+        # ticket was checked in full.
+        self.journal: list[tuple[Any, ...]] | None = None
 
-    def _seen(self, ticket: Ticket) -> tuple[Ticket, WatchedBlocks, Any, int] | None:
+    def _seen(self, ticket: Ticket) -> tuple[Ticket, WatchedBlocks, Any, int, str] | None:
         seen = self._verified.get(id(ticket))
         return seen if seen is not None and seen[0] is ticket else None
 
@@ -84,22 +85,22 @@ class TicketInvariants:
             if type(blocks) is not WatchedBlocks:
                 blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks)
         blocks.seal()
-        self._verified[tid] = (ticket, blocks, ticket.quantity_t, len(blocks))
-        if span is None or seen is None:
-            self._edits[tid] = None
-            return
-        edits = self._edits.get(tid, _NONE_YET)
-        if edits is not None:
-            if edits is _NONE_YET:
-                edits = self._edits[tid] = []
-            lo, hi = span
-            edits.append((lo, hi - len(blocks) + seen[3], blocks[lo:hi]))
+        key = seen[4] if seen is not None else f"ticket/{ticket.ticket_no}"  # key_of(ticket)
+        self._verified[tid] = (ticket, blocks, ticket.quantity_t, len(blocks), key)
+        journal = self.journal
+        if journal is not None:
+            if span is None:
+                journal.append((key, (ticket.quantity_t, ticket.issuer, ticket.project_id,
+                                      ticket.standard, ticket.ticket_no), list(blocks)))
+            else:
+                lo, hi = span
+                journal.append((key, lo, hi - len(blocks) + seen[3], blocks[lo:hi]))  # type: ignore[index]
 
-    def take_edits(self, ticket: Ticket) -> list[tuple[int, int, list[Any]]] | None:
-        """How the ticket's blocks changed since the last call for it (each edit: the blocks
-        lo..hi-1 of the list as it was then were replaced by the blocks given), or None when
-        that is not known (the blocks were checked in full, or replaced)."""
-        return self._edits.pop(id(ticket), None)
+    def start_journal(self) -> None:
+        """Note how tickets' blocks change from now on (`journal`), starting with all of each
+        ticket's blocks at its next check."""
+        self.journal = []
+        self._verified.clear()
 
     def verified(self, ticket: Ticket) -> WatchedBlocks | None:
         """The ticket's blocks when they are the blocks last verified, unchanged since; else
@@ -153,11 +154,10 @@ class AuditCommitment:
         self._keys: list[str] = []  # sorted
         self._dirty: set[str] = set()
         self._committed: dict[type, bool] = {}
-        # ticket key -> (its fields but the blocks, the JSON before and after the blocks)
-        self._tickets: dict[str, tuple[tuple[Any, ...], str, str]] = {}
         self._fast = True
-        self._sent: set[str] = set()  # tickets whose blocks the tree has
         self.tickets = tickets
+        tickets.start_journal()
+        self._checks: dict[str, bytes] = {}  # ticket key -> its leaf made the ordinary way
         self._inserted: list[int] = []  # where new keys went since the last root, in order
         self.tree: LeafTree | TreeProcess = LeafTree()  # the tree over the leaves
 
@@ -179,82 +179,87 @@ class AuditCommitment:
 
     def _refresh(self) -> list[tuple[int, Any]]:
         """The leaves of the aggregates touched since the last refresh: (position, leaf), where
-        a leaf is its hash, or for a ticket what the tree makes it from (LeafTree._ticket)."""
+        a leaf is its hash, or for a ticket its key: the tree makes that leaf from the blocks
+        the journal gave it (LeafTree._ticket)."""
         checked = False
         keys = self._keys
         changed: list[tuple[int, Any]] = []
         for key in self._dirty:
             agg = self._aggregates[key]
             at = bisect_left(keys, key)
-            if type(agg) is Ticket:
-                edits = self.tickets.take_edits(agg)
-                if self._fast:
-                    leaf = self._ticket_leaf(key, agg, edits)
-                    if leaf is not None:
-                        if not checked:  # the shortcut writes what entry() and canonical JSON write
-                            checked = True
-                            found = entry(agg)
-                            assert found is not None
-                            data = leaf_bytes(key, found[1])
-                            _, before, after = self._tickets[key]
-                            blocks = self.tickets.verified(agg)
-                            if blocks is None or _ticket_text(
-                                    before, list(map(_block_json, blocks)), after) != data:
-                                self._fast = False
-                                self._sent.clear()
-                                changed.append((at, merkle.leaf_hash(data)))
-                                continue
-                            leaf = (key, merkle.leaf_hash(data), *leaf[2:])
-                        changed.append((at, leaf))
+            if type(agg) is Ticket and self._fast:
+                blocks = self.tickets.verified(agg)
+                if blocks is not None:  # the journal has its blocks as they are
+                    if checked:
+                        changed.append((at, key))
                         continue
-                self._sent.discard(key)  # the tree's JSON of this ticket is out of date
+                    # The shortcut must write what entry() and canonical JSON write, and the
+                    # tree's leaf must be the ordinary one: checked on one ticket per refresh.
+                    checked = True
+                    found = entry(agg)
+                    assert found is not None
+                    data = leaf_bytes(key, found[1])
+                    before, after = _ticket_ends(key, _ticket_head(agg))
+                    if _ticket_text(before, list(map(_block_json, blocks)), after) == data:
+                        changed.append((at, key))
+                        self._checks[key] = merkle.leaf_hash(data)
+                        continue
+                    self._fast = False  # (the tree's copies are left unused from now on)
+                    self.tickets.journal = None
+                # else: changed since it was checked (the journal has it as it was then, and
+                # its next check notes every change since): hashed here
             found = entry(agg)
             assert found is not None
             changed.append((at, merkle.leaf_hash(leaf_bytes(key, found[1]))))
         self._dirty.clear()
         return changed
 
-    def _ticket_leaf(self, key: str, t: Ticket,
-                     edits: list[tuple[int, int, list[Any]]] | None) -> tuple[Any, ...] | None:
-        """What the tree needs to make the ticket's leaf from the blocks it has of it (see
-        LeafTree._ticket): the edits since it last had them, or all of them; None when the
-        blocks changed since they were last checked."""
-        head = (t.quantity_t, t.issuer, t.project_id, t.standard, t.ticket_no)
-        cached = self._tickets.get(key)
-        if cached is None or cached[0] != head:
-            before = f'{{"key":{_dumps(key)},"value":{{"blocks":['
-            after = (f'],"issued_t":{_dumps(t.quantity_t)},"issuer":{_dumps(t.issuer)},'
-                     f'"project_id":{_dumps(t.project_id)},"standard":{_dumps(t.standard)},'
-                     f'"ticket_no":{_dumps(t.ticket_no)}}}}}')
-            self._tickets[key] = (head, before, after)
-            self._sent.discard(key)
-        else:
-            _, before, after = cached
-        blocks = self.tickets.verified(t)
-        if blocks is None:  # changed since it was last checked: not what the edits say
-            return None
-        if edits is not None and key in self._sent:
-            return (key, None, edits)
-        self._sent.add(key)
-        return (key, None, before, after, list(blocks))
-
-    def _changes(self) -> tuple[list[int], list[tuple[int, bytes]], int]:
-        """What changed since the last call, for the tree: the positions where keys were
-        inserted (in order), the leaves rehashed (position, hash), and the lowest position of a
-        key added, from which on the leaves moved (the lowest position an insert was made at:
-        a later insert below a new key moves that key up, never down)."""
+    def _changes(self) -> Changes:
+        """What changed since the last call, for the tree (see Changes)."""
         inserted, self._inserted = self._inserted, []
-        return inserted, self._refresh(), min(inserted, default=len(self._keys))
+        changed = self._refresh()
+        journal = self.tickets.journal or []
+        if self.tickets.journal is not None:
+            self.tickets.journal = []
+        checks, self._checks = self._checks, {}
+        return Changes(inserted, changed, min(inserted, default=len(self._keys)), journal,
+                       checks)
 
     def root(self) -> bytes:
         """merkle.root over the leaves in key order, rehashing only the paths of the leaves that changed
         and, after the lowest key added since the last root, everything (the leaves moved)."""
-        return self.tree.root(*self._changes())
+        return self.tree.root(self._changes())
 
     def matches(self, expected: bytes, size: int) -> bool:
         """Whether the root is `expected` (the state commitment of the checkpoint at `size`).
         A tree in a process of its own answers at the end (`mismatches`): True here."""
-        return self.tree.matches(expected, size, *self._changes())
+        return self.tree.matches(expected, size, self._changes())
+
+
+class Changes(NamedTuple):
+    """What changed in the commitment since the tree last had it."""
+
+    inserted: list[int]  # the positions where keys were inserted, in order
+    changed: list[tuple[int, Any]]  # (position, its leaf hash, or a ticket's key: LeafTree._ticket)
+    # the lowest position of a key added, from which on the leaves moved (the lowest position an
+    # insert was made at: a later insert below a new key moves that key up, never down)
+    start: int
+    journal: list[tuple[Any, ...]]  # how tickets' blocks changed (TicketInvariants.journal)
+    checks: dict[str, bytes]  # ticket key -> its leaf hash made the ordinary way
+
+
+def _ticket_head(t: Ticket) -> tuple[Any, ...]:
+    """A ticket's fields that its leaf holds besides its blocks."""
+    return (t.quantity_t, t.issuer, t.project_id, t.standard, t.ticket_no)
+
+
+def _ticket_ends(key: str, head: tuple[Any, ...]) -> tuple[str, str]:
+    """The canonical JSON of a ticket's leaf before its blocks, and after them."""
+    quantity, issuer, project_id, standard, ticket_no = head
+    return (f'{{"key":{_dumps(key)},"value":{{"blocks":[',
+            f'],"issued_t":{_dumps(quantity)},"issuer":{_dumps(issuer)},'
+            f'"project_id":{_dumps(project_id)},"standard":{_dumps(standard)},'
+            f'"ticket_no":{_dumps(ticket_no)}}}}}')
 
 
 def _ticket_text(before: str, blocks: list[str], after: str) -> bytes:
@@ -268,45 +273,47 @@ class LeafTree:
     def __init__(self) -> None:
         self.leaves: list[bytes] = []
         self.levels: list[list[bytes]] = [[]]
-        self.tickets: dict[str, list[Any]] = {}  # key -> [before, the blocks' JSON, after]
+        self.tickets: dict[str, list[Any]] = {}  # key -> [JSON before, after, the blocks' JSON]
 
-    def update(self, inserted: list[int], changed: list[tuple[int, Any]], start: int) -> None:
+    def update(self, changes: Changes) -> None:
+        self._follow(changes.journal)
         leaves = self.leaves
-        for at in inserted:
+        for at in changes.inserted:
             leaves.insert(at, b"")
-        for at, leaf in changed:
-            leaves[at] = leaf if type(leaf) is bytes else self._ticket(leaf)
-        _rehash(self.levels, leaves, [at for at, _ in changed], start)
+        checks = changes.checks
+        for at, leaf in changes.changed:
+            leaves[at] = leaf if type(leaf) is bytes else self._ticket(leaf, checks.get(leaf))
+        _rehash(self.levels, leaves, [at for at, _ in changes.changed], changes.start)
 
-    def _ticket(self, leaf: tuple[Any, ...]) -> bytes:
-        """A ticket's leaf hash from the JSON of its blocks kept here, given (plain tuples, which
-        cross to a commitment process at the least cost) either all its blocks, as
-        (key, check, JSON before the blocks, JSON after them, the blocks), or the edits to make
-        to what is kept, as (key, check, [(lo, hi, the blocks that replace blocks lo..hi-1),
-        ...]). `check`, when not None, is the leaf hash the replay made of the same ticket the
-        ordinary way: the one made here must be the same."""
-        key, check = leaf[0], leaf[1]
-        if len(leaf) == 5:
-            kept = self.tickets[key] = [leaf[2], list(map(_block_json, leaf[4])), leaf[3]]
-        else:
-            kept = self.tickets[key]
-            blocks = kept[1]
-            for lo, hi, replaced_by in leaf[2]:
-                blocks[lo:hi] = map(_block_json, replaced_by)
-        made = merkle.leaf_hash(_ticket_text(*kept))
+    def _follow(self, journal: list[tuple[Any, ...]]) -> None:
+        """Change the tickets' blocks' JSON kept here as the journal says (in the form of
+        TicketInvariants.journal: all of a ticket's blocks, or the blocks of one span)."""
+        tickets = self.tickets
+        for note in journal:
+            if len(note) == 3:
+                key, head, blocks = note
+                tickets[key] = [*_ticket_ends(key, head), list(map(_block_json, blocks))]
+            else:
+                key, lo, hi, blocks = note
+                tickets[key][2][lo:hi] = map(_block_json, blocks)
+
+    def _ticket(self, key: str, check: bytes | None) -> bytes:
+        """A ticket's leaf hash, from the JSON kept here; `check`, when given, is the leaf hash
+        the replay made of the same ticket the ordinary way: the one made here must be it."""
+        before, after, blocks = self.tickets[key]
+        made = merkle.leaf_hash(_ticket_text(before, blocks, after))
         if check is not None and made != check:
             raise RuntimeError(f"the audit's copy of {key}'s blocks differs from the "
                                "replayed ticket's")
         return made
 
-    def root(self, inserted: list[int], changed: list[tuple[int, Any]], start: int) -> bytes:
-        self.update(inserted, changed, start)
+    def root(self, changes: Changes) -> bytes:
+        self.update(changes)
         size = len(self.leaves)
         return merkle._range_hash(self.levels, 0, size) if size else merkle.EMPTY_ROOT
 
-    def matches(self, expected: bytes, size: int, inserted: list[int],
-                changed: list[tuple[int, Any]], start: int) -> bool:
-        return self.root(inserted, changed, start) == expected
+    def matches(self, expected: bytes, size: int, changes: Changes) -> bool:
+        return self.root(changes) == expected
 
     def mismatches(self) -> list[int]:
         """A tree in this process answers `matches` at once: nothing is left to report."""
@@ -335,19 +342,18 @@ class TreeProcess:
         requests_r.close()
         self._final: tuple[bytes, list[int], str] | None = None
 
-    def matches(self, expected: bytes, size: int, inserted: list[int],
-                changed: list[tuple[int, Any]], start: int) -> bool:
-        self._send(("update", inserted, changed, start, expected, size))
+    def matches(self, expected: bytes, size: int, changes: Changes) -> bool:
+        self._send(("update", tuple(changes), expected, size))
         return True
 
-    def root(self, inserted: list[int], changed: list[tuple[int, Any]], start: int) -> bytes:
+    def root(self, changes: Changes) -> bytes:
         if self._final is None:
-            self._send(("finish", inserted, changed, start))
+            self._send(("finish", tuple(changes)))
             try:
                 self._final = pickle.loads(self._answers.recv_bytes())
             except (EOFError, OSError):
                 self._gone()
-        elif inserted or changed:
+        elif changes.inserted or changes.changed:
             raise RuntimeError("the commitment changed after the audit's last root")
         if self._final[2]:
             raise RuntimeError(self._final[2])
@@ -398,12 +404,11 @@ def _tree_main(requests: Any, answers: Any, parents_ends: tuple[Any, ...]) -> No
                 continue
             try:
                 if message[0] == "update":
-                    _, inserted, changed, start, expected, size = message
-                    if not tree.matches(expected, size, inserted, changed, start):
+                    _, changes, expected, size = message
+                    if not tree.matches(expected, size, Changes(*changes)):
                         mismatched.append(size)
                 else:
-                    _, inserted, changed, start = message
-                    answers.send_bytes(pickle.dumps((tree.root(inserted, changed, start),
+                    answers.send_bytes(pickle.dumps((tree.root(Changes(*message[1])),
                                                      mismatched, "")))
             except Exception as e:  # RuntimeError: see LeafTree._ticket; anything else: a bug
                 broken = str(e) if isinstance(e, RuntimeError) else (

@@ -34,7 +34,7 @@ from ledger import demo
 from ledger.application import Registry
 from ledger.audit import Auditor, DatabaseSource, ExportSource, audit_database, export
 from ledger.audit_front import CHUNK_RECORDS, _without_time
-from ledger.audit_state import AuditCommitment, LeafTree, TicketInvariants, TreeProcess
+from ledger.audit_state import AuditCommitment, Changes, LeafTree, TicketInvariants, TreeProcess
 from ledger.commitments import StateCommitment
 from ledger.keys import Keyring
 from ledger.transcoder import MsgpackTranscoder
@@ -367,10 +367,10 @@ def test_the_commitment_root_follows_many_tickets_added_and_changed() -> None:
 
 
 def test_the_commitment_process_makes_the_same_roots_from_the_tickets_edits() -> None:
-    """The tickets' leaves are made by the commitment process from the edits of their blocks'
-    JSON (LeafTree._ticket): the same roots as the domain's own StateCommitment, through a ticket
-    whose blocks are replaced (sent in full again) and one changed after its last check (hashed
-    by the replay)."""
+    """The tickets' leaves are made by the commitment process from the journal of how their
+    blocks changed (TicketInvariants.journal): the same roots as the domain's own
+    StateCommitment, through a ticket whose blocks are replaced (noted in full again) and one
+    changed after its last check (hashed by the replay)."""
     rng = random.Random(8)
     checker = TicketInvariants()
     commitment = AuditCommitment(checker)
@@ -411,15 +411,17 @@ def test_a_tree_whose_copy_of_a_ticket_differs_says_so() -> None:
     """Should the commitment's copy of a ticket's blocks ever differ from the replayed ticket,
     the audit ends with that error rather than with a wrong verdict, in this process and in the
     commitment process alike."""
-    leaf = ("ticket/SM-1", b"\0" * 32, '{"key":"ticket/SM-1","value":{"blocks":[', "]}}",
-            [(1, 5, "a", "available", "")])
+    key = "ticket/SM-1"
+    changes = Changes([0], [(0, key)], 0,
+                      [(key, (5, "issuer-1", "P-1", "SMCER", "SM-1"), [(1, 5, "a", "available", "")])],
+                      {key: b"\0" * 32})
     with pytest.raises(RuntimeError, match="ticket/SM-1's blocks differs"):
-        LeafTree().root([0], [(0, leaf)], 0)
+        LeafTree().root(changes)
     tree = TreeProcess()
     try:
-        assert tree.matches(b"x" * 32, 1, [0], [(0, leaf)], 0)
+        assert tree.matches(b"x" * 32, 1, changes)
         with pytest.raises(RuntimeError, match="ticket/SM-1's blocks differs"):
-            tree.root([], [], 1)
+            tree.root(Changes([], [], 1, [], {}))
     finally:
         tree.close()
 

@@ -62,7 +62,8 @@ class TicketInvariants:
         # With a list here (AuditCommitment sets one), each check notes in it how the ticket's
         # blocks changed, in order: (key, lo, hi, the blocks that replaced blocks lo..hi-1) for
         # the span checked, or (key, the fields outside the blocks, all the blocks) when the
-        # ticket was checked in full.
+        # ticket was checked in full. (No event changes a ticket's fields outside its blocks
+        # but its quantity, and another quantity makes the check a full one.)
         self.journal: list[tuple[Any, ...]] | None = None
 
     def _seen(self, ticket: Ticket) -> tuple[Ticket, WatchedBlocks, Any, int, str] | None:

@@ -114,6 +114,7 @@ class Front:
         self.group: list[tuple[RecordRow, Any]] = []
         self.seen: set[str] = set()
         self.classes: dict[str, type] = {}
+        self.unread: set[str] = set()  # the topics of the events left unread (_unread)
         self.transcoder = MsgpackTranscoder()
         self.halted = False
 
@@ -185,6 +186,8 @@ class Front:
         """The record's event; with `lazily`, None for an event the replay reads from its
         bytes alone (see `_unread`)."""
         topic = row[3]
+        if lazily and topic in self.unread:
+            return None
         try:
             cls = self.classes.get(topic)
             if cls is None:
@@ -198,8 +201,10 @@ class Front:
                 if getattr(cls, "class_version", 1) > 1:
                     raise ValueError(f"{topic} has versions the auditor cannot upcast")
                 self.classes[topic] = cls
-            if lazily and _unread(cls):
-                return None
+                if _unread(cls):
+                    self.unread.add(topic)
+                    if lazily:
+                        return None
             fields = None
             if cls is CommandRecord.Accepted:
                 fields = _command_record_fields(row[4], self.transcoder)
@@ -385,11 +390,8 @@ def _without_time(state: bytes, keys: int | None = None) -> bytes | None:
         return None
     if size != 15 and state[at + 1] != 0xFF:
         return None
-    if keys is None:
-        try:
-            msgpack.unpackb(state[at:at + size], **_UNPACKING)
-        except Exception:
-            return None
+    if keys is None and not _time_decodes(state, at, size):
+        return None
     rest = state[at + size:]
     n -= 1
     if n < 16:
@@ -397,6 +399,25 @@ def _without_time(state: bytes, keys: int | None = None) -> bytes | None:
     if n < 0x10000:
         return b"\xde" + n.to_bytes(2, "big") + rest
     return b"\xdf" + n.to_bytes(4, "big") + rest
+
+
+_MAX_NANOSECONDS = 999_999_999
+
+
+def _time_decodes(state: bytes, at: int, size: int) -> bool:
+    """Whether the msgpack timestamp at state[at:at + size] decodes as the transcoder decodes
+    it: 32 bits of seconds always do; 64 bits, when their top 30 bits (the nanoseconds) are
+    below a second (the seconds, 34 bits, stay within the years a datetime holds); the 96-bit
+    form is decoded to see."""
+    if size == 6:
+        return True
+    if size == 10:
+        return (int.from_bytes(state[at + 2:at + 10], "big") >> 34) <= _MAX_NANOSECONDS
+    try:
+        msgpack.unpackb(state[at:at + size], **_UNPACKING)
+    except Exception:
+        return False
+    return True
 
 
 class RawOutcome(NamedTuple):

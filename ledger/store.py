@@ -386,6 +386,21 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
     """The embedded store. Every write transaction first updates the chain head's row, which
     takes SQLite's write lock before anything is read, even with several processes on one file."""
 
+    def select_record_rows(self, start: int, limit: int,
+                           stop: int | None = None) -> list[tuple[int, bytes, int, str, bytes, bytes]]:
+        """LedgerTables.select_record_rows, read as plain tuples (not sqlite3.Row objects)."""
+        sql = (f"SELECT rowid, originator_id, originator_version, topic, state, chain "
+               f"FROM {self.events_table_name} WHERE rowid >= ?"
+               + (" AND rowid <= ?" if stop is not None else "") + " ORDER BY rowid LIMIT ?")
+        params = (start, stop, limit) if stop is not None else (start, limit)
+        with self._reading() as c:
+            c.row_factory = None  # this cursor's rows as tuples
+            c.execute(sql, params)
+            rows = c.fetchall()
+        fromhex = bytes.fromhex
+        return [(position, fromhex(oid), version, topic, state, chain or b"")
+                for position, oid, version, topic, state, chain in rows]
+
     def construct_create_table_statements(self) -> list[str]:
         return [
             f"CREATE TABLE IF NOT EXISTS {self.events_table_name} ("

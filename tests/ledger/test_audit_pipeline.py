@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_tamper import *  # noqa: F403 - every tampering test, run again with the reader process
 from test_tamper import Demo, copy_db, flip, url
 
@@ -37,7 +40,7 @@ from ledger.audit_front import CHUNK_RECORDS, _without_time
 from ledger.audit_state import AuditCommitment, Changes, LeafTree, TicketInvariants, TreeProcess
 from ledger.commitments import StateCommitment
 from ledger.keys import Keyring
-from ledger.transcoder import MsgpackTranscoder
+from ledger.transcoder import _UNPACKING, MsgpackTranscoder
 
 
 @pytest.fixture(autouse=True)
@@ -519,3 +522,25 @@ def test_records_made_fast_are_the_dataclass_records(demo_db: Demo) -> None:
         assert r == again and hash(r) == hash(again) and repr(r) == repr(again)
         assert r.leaf_hash() == again.leaf_hash()
         assert type(r.originator_id) is UUID and r.originator_id == UUID(r.originator_id.hex)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([(b"\xd6\xff", 4), (b"\xd7\xff", 8), (b"\xc7\x0c\xff", 12)]),
+       st.binary(min_size=12, max_size=12), st.booleans())
+def test_a_time_decodes_as_the_transcoder_decodes_it(form: tuple[bytes, int], data: bytes,
+                                                     big_nanoseconds: bool) -> None:
+    """_time_decodes (what the front checks of an event it leaves unread) says of every msgpack
+    timestamp what decoding it says."""
+    from ledger.audit_front import _time_decodes
+
+    head, n = form
+    body = bytearray(data[:n])
+    if big_nanoseconds and n >= 8:  # the nanoseconds field's top bits: often beyond a second
+        body[0] |= 0xF0
+    raw = head + bytes(body)
+    try:
+        msgpack.unpackb(raw, **_UNPACKING)
+        decodes = True
+    except Exception:
+        decodes = False
+    assert _time_decodes(raw, 0, len(raw)) is decodes

@@ -414,3 +414,14 @@ def test_leaf_hashes_read_straight_from_the_store_equal_the_records(demo_registr
     assert recorder.select_leaf_hashes(1, size) == expected
     assert recorder.select_leaf_hashes(5, 7, stop=9) == expected[4:9]
     assert recorder.select_leaf_hashes(size + 1, 10) == []
+
+
+def test_record_rows_equal_the_records(demo_registry: Registry) -> None:
+    """Both stores: the plain rows the audit's reader reads are the records' fields."""
+    recorder = demo_registry.recorder
+    size = demo_registry.log_position()
+    expected = [(r.position, r.originator_id.bytes, r.originator_version, r.topic, r.state,
+                 r.chain) for r in recorder.select_records(1, size)]
+    assert recorder.select_record_rows(1, size) == expected
+    assert recorder.select_record_rows(5, 7, stop=9) == expected[4:9]
+    assert recorder.select_record_rows(size + 1, 10) == []

@@ -25,7 +25,7 @@ from domain.project import Project
 from domain.retirement import Retirement
 from domain.ticket import AVAILABLE, PLEDGED, Ticket
 from domain.trade import Trade
-from domain.values import HOLDING_ROLES, PHYSICAL_PERILS, Purpose, Role, a, yuan
+from domain.values import HOLDING_ROLES, PHYSICAL_PERILS, Purpose, Role, a, format_serial, yuan
 from ledger import keys as K
 
 A = TypeVar("A", bound=LedgerAggregate)
@@ -609,7 +609,8 @@ class Handlers:
 
     @staticmethod
     def _serials(ticket: Ticket, ranges: Iterable[Iterable[int]]) -> list[dict[str, Any]]:
-        return [{"first_serial": ticket.serial(a), "last_serial": ticket.serial(b),
+        no = ticket.ticket_no  # (ticket.serial(n) is format_serial(ticket.ticket_no, n))
+        return [{"first_serial": format_serial(no, a), "last_serial": format_serial(no, b),
                  "quantity_t": b - a + 1} for a, b in ranges]
 
     def _lines_out(self, uow: UnitOfWork, lines: list) -> list[dict[str, Any]]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from datetime import datetime
 from functools import cache, lru_cache
 from hashlib import sha1
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, SafeUUID, uuid5
 
+from eventsourcing import domain as _library
 from eventsourcing.domain import (
     Aggregate,
     OriginatorIDError,
@@ -18,6 +20,8 @@ from eventsourcing.domain import (
 from eventsourcing.utils import get_topic, resolve_topic
 
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:carbon-ledger:registry")
+_LIBRARY_TIMESTAMP = Aggregate.Event.create_timestamp  # (a staticmethod: the function itself)
+_datetime_now = datetime.now
 
 
 def id_memo(kind: str) -> Any:
@@ -98,7 +102,10 @@ def _new_event(event_class: type[Any], fixed: dict[str, Any], given: dict[str, A
             pass
         else:
             if state["timestamp"] is None and "timestamp" not in given:
-                state["timestamp"] = event_class.create_timestamp()
+                state["timestamp"] = (
+                    _datetime_now(_library.TZINFO)  # what the library's create_timestamp does
+                    if event_class.create_timestamp is _LIBRARY_TIMESTAMP
+                    else event_class.create_timestamp())
             event = object.__new__(event_class)
             object.__setattr__(event, "__dict__", state)
             return event

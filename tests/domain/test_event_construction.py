@@ -187,3 +187,33 @@ def test_records_are_stored_as_the_library_maps_them(tmp_path: Path) -> None:
         assert app.to_stored(events) == [app.mapper.to_stored_event(e) for e in events]
     finally:
         app.close()
+
+
+def test_an_event_without_a_time_is_dated_as_the_library_dates_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Now, in the library's time zone (eventsourcing.domain.TZINFO, read at each event); an
+    event class with a create_timestamp of its own is dated by it."""
+    import eventsourcing.domain as library
+
+    before = datetime.now(UTC)
+    trade = Trade.settle(actor="ex", command_id="c-1", exchange="ex", trade_id="T-1", seller="a",
+                         buyer="b", ticket_no="SM-0000001", quantity_t=3, ranges=[[1, 3]],
+                         price_fen=1500, mode="negotiated", batch_id="")
+    (event,) = trade.collect_events()
+    assert event.timestamp.tzinfo is library.TZINFO and before <= event.timestamp <= datetime.now(UTC)
+
+    from datetime import timedelta, timezone
+    east = timezone(timedelta(hours=8))
+    monkeypatch.setattr(library, "TZINFO", east)
+    (event,) = Trade.settle(actor="ex", command_id="c-2", exchange="ex", trade_id="T-2",
+                            seller="a", buyer="b", ticket_no="SM-0000001", quantity_t=3,
+                            ranges=[[1, 3]], price_fen=1500, mode="negotiated",
+                            batch_id="").collect_events()
+    assert event.timestamp.tzinfo is east
+
+    monkeypatch.setattr(Trade.Settled, "create_timestamp", staticmethod(lambda: WHEN))
+    (event,) = Trade.settle(actor="ex", command_id="c-3", exchange="ex", trade_id="T-3",
+                            seller="a", buyer="b", ticket_no="SM-0000001", quantity_t=3,
+                            ranges=[[1, 3]], price_fen=1500, mode="negotiated",
+                            batch_id="").collect_events()
+    assert event.timestamp == WHEN

@@ -50,8 +50,8 @@ class TicketInvariants:
     list (set as the ticket's blocks), which notes the spans a command replaced: only the blocks
     in them, and their neighbours, are checked again. Anything the list cannot account for (a
     change of unknown place, another list set as the ticket's blocks, another quantity) checks
-    every block, with the ticket's own message. The spans checked are also noted as the
-    ticket's edits, for the state commitment (`take_edits`)."""
+    every block, with the ticket's own message. What each check saw is also noted for the
+    state commitment (`journal`): the span checked and its blocks, or all the blocks."""
 
     def __init__(self) -> None:
         # Both by id(ticket): the replay changes each ticket in place, and the entry holds the

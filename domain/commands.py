@@ -302,22 +302,19 @@ _TICKETS: dict[str, str] = {}
 _PRICES: dict[str, int] = {}
 
 
+def _remember(memo: dict[str, Any], s: str, value: Any) -> Any:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[s] = value
+    return value
+
+
 def _new_slug(s: str) -> str | None:
-    if not V.SLUG.fullmatch(s):
-        return None
-    if len(_SLUGS) >= _MEMO_MAX:
-        _SLUGS.clear()
-    _SLUGS[s] = s
-    return s
+    return _remember(_SLUGS, s, s) if V.SLUG.fullmatch(s) else None
 
 
 def _new_ticket(s: str) -> str | None:
-    if not V.TICKET_NO.fullmatch(s):
-        return None
-    if len(_TICKETS) >= _MEMO_MAX:
-        _TICKETS.clear()
-    _TICKETS[s] = s
-    return s
+    return _remember(_TICKETS, s, s) if V.TICKET_NO.fullmatch(s) else None
 
 
 def _new_price(s: str) -> int | None:
@@ -326,12 +323,7 @@ def _new_price(s: str) -> int | None:
         return None
     whole, _, cents = s.partition(".")
     fen = int(whole) * 100 + int(cents.ljust(2, "0"))
-    if fen > V.MAX_FEN:
-        return None
-    if len(_PRICES) >= _MEMO_MAX:
-        _PRICES.clear()
-    _PRICES[s] = fen
-    return fen
+    return _remember(_PRICES, s, fen) if fen <= V.MAX_FEN else None
 
 
 def _plain_transfer(v: Any) -> dict[str, Any] | None:

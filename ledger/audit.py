@@ -442,8 +442,9 @@ class Auditor:
         self._transcoder = MsgpackTranscoder()
         self._classes: dict[str, type] = {}
         self._checks: dict[type, bool] = {}  # whether a class has invariants of its own
-        # participants and tickets by id and number, for every unit of work of the replay: it
-        # changes them in place, and state never has another object for their ids
+        # participants and tickets by id and number, for every unit of work of one replay (it
+        # changes them in place, and its state never has another object for their ids); new
+        # for each run
         self._known: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self.handlers = Handlers().table()
         self.used_reader_process = False
@@ -481,6 +482,7 @@ class Auditor:
             K.raw_public(self.pinned_key)
         sigs = SignatureBatcher(self.workers if total > READER_MIN_RECORDS else 1)
         state: dict[UUID, LedgerAggregate] = {}
+        self._known = ({}, {})
         tickets = TicketInvariants()
         commitment = AuditCommitment(tickets)
         checkpoints = source.checkpoints()

@@ -544,3 +544,32 @@ def test_a_time_decodes_as_the_transcoder_decodes_it(form: tuple[bytes, int], da
     except Exception:
         decodes = False
     assert _time_decodes(raw, 0, len(raw)) is decodes
+
+
+def test_one_auditor_audits_two_registries_each_on_its_own(demo_db: Demo, tmp_path: Path) -> None:
+    """The participants and tickets a replay knows are its own: an auditor run again, on another
+    log, does not take the first log's for the second's (the second here is damaged: an event of
+    a ticket's transfer recorded under another id)."""
+    from test_tamper import first_transfer_event, recompute_chain
+
+    damaged = copy_db(demo_db.path, tmp_path / "damaged.db")
+    con = sqlite3.connect(damaged)
+    try:
+        position, _ = first_transfer_event(con)
+        con.execute("UPDATE stored_events SET originator_id = ? WHERE rowid = ?",
+                    (UUID(int=12345).hex, position))
+        recompute_chain(con)
+        con.commit()
+    finally:
+        con.close()
+    auditor = Auditor(demo_db.operator_key, 1, reader=False)
+    reports = []
+    for path in (demo_db.path, damaged, demo_db.path):
+        app = Registry(url(path), keyring=Keyring(), auto_checkpoint=False)
+        try:
+            reports.append(auditor.run(DatabaseSource(app.recorder)))
+        finally:
+            app.close()
+    assert reports[0].ok and reports[2].ok
+    assert not reports[1].ok and reports[1].failure is not None
+    assert reports[1].failure.position == position

@@ -54,6 +54,7 @@ from ledger.audit_front import (
     Progress,
     Raise,
     Stop,
+    foreign_event,
     run_inline,
 )
 from ledger.audit_state import AuditCommitment, TicketInvariants, TreeProcess
@@ -670,8 +671,12 @@ class Auditor:
                 kind = type(agg)
                 if kind is Ticket:
                     tickets.check(agg)
-                elif checks.get(kind) or checks.setdefault(
-                        kind, kind.check_invariants is not LedgerAggregate.check_invariants):
+                    continue
+                own = checks.get(kind)
+                if own is None:
+                    own = checks[kind] = (kind.check_invariants
+                                          is not LedgerAggregate.check_invariants)
+                if own:
                     agg.check_invariants()
             except AssertionError as e:
                 raise _Stop(record_pos, f"an invariant breaks after command {cid}: {e}") from None
@@ -711,9 +716,8 @@ class Auditor:
             except Exception as e:
                 raise _Stop(position, f"the record cannot be decoded: {e}", position) from None
             if fields.get("command_id", _NO_ID) != g.command_id:
-                raise _Stop(position, "the event belongs to command "
-                            f"{fields.get('command_id', '?')} but is recorded inside command "
-                            f"{g.command_id}", g.position)
+                raise _Stop(position, foreign_event(fields.get("command_id", "?"), g.command_id),
+                            g.position)
 
     def _same_as_recorded(self, want: Any, oid: int, version: int, norm: Any) -> bool:
         """The one-pass audit's comparison of a produced event with the recorded one."""

@@ -32,7 +32,6 @@ from collections.abc import Iterable, Iterator
 from multiprocessing import get_context
 from typing import Any, NamedTuple
 
-import msgpack
 from eventsourcing.utils import resolve_topic
 
 from domain import commands as C
@@ -44,7 +43,7 @@ from ledger import merkle
 from ledger.authentication import Checked, check_bases, split_signatures
 from ledger.records import GENESIS_CHAIN, RecordRow, next_chain, record_bytes_of
 from ledger.signing import Signature, SignedCommand, parse_canonical
-from ledger.transcoder import _UNPACKING, MsgpackTranscoder
+from ledger.transcoder import MsgpackTranscoder
 
 CHUNK_RECORDS = 1000  # records' worth of items per message from the reader process
 PIPE_BYTES = 1 << 20  # the room asked for in the pipe the items come through
@@ -345,9 +344,13 @@ def _members(group: list[tuple[RecordRow, Any]]) -> None:
     for rec, ev in group[:-1]:
         if ev is not None and (getattr(ev, "command_id", None) != cid
                                or isinstance(ev, CommandRecord.Accepted)):
-            raise _Halt(Stop(rec[0], f"the event belongs to command "
-                             f"{getattr(ev, 'command_id', '?')} but is recorded inside command "
-                             f"{cid}", group[-1][0][0]))
+            raise _Halt(Stop(rec[0], foreign_event(getattr(ev, "command_id", "?"), cid),
+                             group[-1][0][0]))
+
+
+def foreign_event(found: Any, cid: str) -> str:
+    """The failure of an event recorded inside command `cid` that names command `found`."""
+    return f"the event belongs to command {found} but is recorded inside command {cid}"
 
 
 def _unread(cls: type) -> bool:
@@ -402,6 +405,7 @@ def _without_time(state: bytes, keys: int | None = None) -> bytes | None:
 
 
 _MAX_NANOSECONDS = 999_999_999
+_decode_state = MsgpackTranscoder().decode
 
 
 def _time_decodes(state: bytes, at: int, size: int) -> bool:
@@ -414,7 +418,7 @@ def _time_decodes(state: bytes, at: int, size: int) -> bool:
     if size == 10:
         return (int.from_bytes(state[at + 2:at + 10], "big") >> 34) <= _MAX_NANOSECONDS
     try:
-        msgpack.unpackb(state[at:at + size], **_UNPACKING)
+        _decode_state(state[at:at + size])
     except Exception:
         return False
     return True

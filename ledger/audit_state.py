@@ -219,11 +219,11 @@ class AuditCommitment:
         """What changed since the last call, for the tree (see Changes)."""
         inserted, self._inserted = self._inserted, []
         changed = self._refresh()
-        journal = self.tickets.journal or []
-        if self.tickets.journal is not None:
+        journal = self.tickets.journal
+        if journal is not None:  # (None: the shortcut is off, and the tree needs no journal)
             self.tickets.journal = []
         checks, self._checks = self._checks, {}
-        return Changes(inserted, changed, min(inserted, default=len(self._keys)), journal,
+        return Changes(inserted, changed, min(inserted, default=len(self._keys)), journal or [],
                        checks)
 
     def root(self) -> bytes:
@@ -344,12 +344,12 @@ class TreeProcess:
         self._final: tuple[bytes, list[int], str] | None = None
 
     def matches(self, expected: bytes, size: int, changes: Changes) -> bool:
-        self._send(("update", tuple(changes), expected, size))
+        self._send(("update", changes, expected, size))
         return True
 
     def root(self, changes: Changes) -> bytes:
         if self._final is None:
-            self._send(("finish", tuple(changes)))
+            self._send(("finish", changes))
             try:
                 self._final = pickle.loads(self._answers.recv_bytes())
             except (EOFError, OSError):
@@ -406,10 +406,10 @@ def _tree_main(requests: Any, answers: Any, parents_ends: tuple[Any, ...]) -> No
             try:
                 if message[0] == "update":
                     _, changes, expected, size = message
-                    if not tree.matches(expected, size, Changes(*changes)):
+                    if not tree.matches(expected, size, changes):
                         mismatched.append(size)
                 else:
-                    answers.send_bytes(pickle.dumps((tree.root(Changes(*message[1])),
+                    answers.send_bytes(pickle.dumps((tree.root(message[1]),
                                                      mismatched, "")))
             except Exception as e:  # RuntimeError: see LeafTree._ticket; anything else: a bug
                 broken = str(e) if isinstance(e, RuntimeError) else (

@@ -37,7 +37,7 @@ import psycopg
 from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.sql import SQL, Identifier
 
 from domain.base import uuid_of_int
@@ -180,9 +180,12 @@ class LedgerTables:
         return c.fetchone()
 
     @contextmanager
-    def _reading(self) -> Iterator[Any]:
-        """A cursor for reads (the library's transaction, for SQLite)."""
+    def _reading(self, tuples: bool = False) -> Iterator[Any]:
+        """A cursor for reads (the library's transaction, for SQLite); its rows are tuples
+        with `tuples`, else rows by column name."""
         with self.datastore.transaction(commit=False) as c:
+            if tuples:
+                c.row_factory = None  # this cursor's only
             yield c
 
     def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
@@ -255,8 +258,9 @@ class LedgerTables:
     # Reading the log as records -------------------------------------------------------------
 
     def _select_range(self, columns: str, params: list[Any], start: int, limit: int,
-                      stop: int | None) -> list[Any]:
-        """Rows with positions in start..stop, at most `limit`, in log order."""
+                      stop: int | None, tuples: bool = False) -> list[Any]:
+        """Rows with positions in start..stop, at most `limit`, in log order (as tuples with
+        `tuples`, else by column name)."""
         P = self.P
         sql = (f"SELECT {columns} FROM {self._t(self.events_table_name)} "
                f"WHERE {self.POS} >= {P}")
@@ -266,7 +270,7 @@ class LedgerTables:
             params.append(stop)
         sql += f" ORDER BY {self.POS} LIMIT {P}"
         params.append(limit)
-        with self._reading() as c:
+        with self._reading(tuples) as c:
             c.execute(sql, params)
             return c.fetchall()
 
@@ -283,11 +287,11 @@ class LedgerTables:
         """What select_records gives, as plain tuples (position, originator id's 16 bytes,
         version, topic, state, chain): the audit's reader, which needs the id's bytes only (for
         the record's bytes) and makes a million of these, skips the UUIDs and the records."""
-        rows = self._select_range(f"{self.POS} AS position, originator_id, originator_version, "
-                                  "topic, state, chain", [], start, limit, stop)
+        rows = self._select_range(f"{self.POS}, originator_id, originator_version, topic, state, "
+                                  "chain", [], start, limit, stop, tuples=True)
         id_bytes = self._id_bytes
-        return [(r["position"], id_bytes(r["originator_id"]), r["originator_version"], r["topic"],
-                 bytes(r["state"]), bytes(r["chain"] or b"")) for r in rows]
+        return [(position, id_bytes(oid), version, topic, bytes(state), bytes(chain or b""))
+                for position, oid, version, topic, state, chain in rows]
 
     def select_leaf_hashes(self, start: int, limit: int, stop: int | None = None) -> list[bytes]:
         """The leaf hashes of the records with positions >= start (and <= stop), in log order:
@@ -385,21 +389,6 @@ class LedgerTables:
 class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
     """The embedded store. Every write transaction first updates the chain head's row, which
     takes SQLite's write lock before anything is read, even with several processes on one file."""
-
-    def select_record_rows(self, start: int, limit: int,
-                           stop: int | None = None) -> list[tuple[int, bytes, int, str, bytes, bytes]]:
-        """LedgerTables.select_record_rows, read as plain tuples (not sqlite3.Row objects)."""
-        sql = (f"SELECT rowid, originator_id, originator_version, topic, state, chain "
-               f"FROM {self.events_table_name} WHERE rowid >= ?"
-               + (" AND rowid <= ?" if stop is not None else "") + " ORDER BY rowid LIMIT ?")
-        params = (start, stop, limit) if stop is not None else (start, limit)
-        with self._reading() as c:
-            c.row_factory = None  # this cursor's rows as tuples
-            c.execute(sql, params)
-            rows = c.fetchall()
-        fromhex = bytes.fromhex
-        return [(position, fromhex(oid), version, topic, state, chain or b"")
-                for position, oid, version, topic, state, chain in rows]
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -527,11 +516,12 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         return stored_id.bytes
 
     @contextmanager
-    def _reading(self) -> Iterator[Any]:
+    def _reading(self, tuples: bool = False) -> Iterator[Any]:
         """Reads straight from the pool: one round trip, not the library's three (BEGIN, the
         query, ROLLBACK) and its per-connection checks; the pool resets the connection."""
         try:
-            with self.datastore.pool.connection() as conn, conn.cursor(row_factory=dict_row) as c:
+            with self.datastore.pool.connection() as conn, conn.cursor(
+                    row_factory=tuple_row if tuples else dict_row) as c:
                 yield c
         except psycopg.OperationalError as e:
             raise OperationalError(str(e)) from e

@@ -11,6 +11,7 @@ inserting or reordering records changes every chain value after the damage.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from ledger import merkle
 _new = object.__new__
 _set = object.__setattr__
 GENESIS_CHAIN = hashlib.sha256(b"carbon-ledger/chain/v1").digest()
+_packers = threading.local()  # a Packer per thread (it is not safe to share; packb makes one per call)
 
 # A record as the audit reads it: (position, originator id's 16 bytes, version, topic, state, chain)
 RecordRow = tuple[int, bytes, int, str, bytes, bytes]
@@ -59,7 +61,12 @@ def record_bytes(originator_id: UUID, version: int, topic: str, state: bytes) ->
 
 def record_bytes_of(id_bytes: bytes, version: int, topic: str, state: bytes) -> bytes:
     """record_bytes with the originator id given as its 16 bytes."""
-    return msgpack.packb([id_bytes, version, topic, state], use_bin_type=True)
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        # the bytes msgpack.packb(..., use_bin_type=True) gives, without a new Packer per record
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
+    return pack([id_bytes, version, topic, state])
 
 
 def next_chain(prev: bytes, leaf: bytes) -> bytes:

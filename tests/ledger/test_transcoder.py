@@ -1,4 +1,5 @@
-"""The transcoder's bytes are msgpack.packb's, whichever thread encodes and whatever failed before."""
+"""The transcoder's bytes and the log records' bytes are msgpack.packb's, whichever thread
+encodes and whatever failed before."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.records import record_bytes_of
 from ledger.transcoder import MsgpackTranscoder, _default
 
 values = st.recursive(
@@ -52,6 +54,40 @@ def test_threads_encoding_at_once_get_their_own_bytes() -> None:
         want = _reference(value)
         for _ in range(2000):
             if codec.encode(value) != want:
+                wrong.append(n)
+                return
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.integers(1, 2**63 - 1), st.text(max_size=80),
+       st.binary(max_size=3000))
+def test_record_bytes_are_packbs(id_bytes: bytes, version: int, topic: str, state: bytes) -> None:
+    want = msgpack.packb([id_bytes, version, topic, state], use_bin_type=True)
+    assert record_bytes_of(id_bytes, version, topic, state) == want
+
+
+def test_a_failed_record_leaves_nothing_behind() -> None:
+    with pytest.raises(TypeError):
+        record_bytes_of(b"\0" * 16, 1, "topic", object())  # type: ignore[arg-type]
+    want = msgpack.packb([b"\1" * 16, 2, "t", b"s"], use_bin_type=True)
+    assert record_bytes_of(b"\1" * 16, 2, "t", b"s") == want
+
+
+def test_threads_making_records_at_once_get_their_own_bytes() -> None:
+    wrong: list[int] = []
+
+    def work(n: int) -> None:
+        args = (n.to_bytes(16, "big"), n + 1, f"topic-{n}", b"x" * (n * 97 % 4000))
+        want = msgpack.packb(list(args), use_bin_type=True)
+        for _ in range(2000):
+            if record_bytes_of(*args) != want:
                 wrong.append(n)
                 return
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import keyword
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache, lru_cache
 from hashlib import sha1
@@ -88,28 +90,41 @@ def _fields(event_class: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(event_class))
 
 
+def _maker(event_class: type[Any]) -> Callable[..., dict[str, Any]]:
+    """A function that takes an event class's fields by keyword and returns them as a dict in
+    the class's dataclass order, as its __init__ sets them; TypeError for a missing or an
+    unknown field (Python binds the keywords: no dicts are merged or walked per event)."""
+    names = _fields(event_class)
+    if not all(name.isidentifier() and not keyword.iskeyword(name) for name in names):
+        raise TypeError(f"{event_class.__qualname__} has a field that is not a name")
+    source = (f"def make(*, {', '.join(names)}):\n"
+              f"    return {{{', '.join(f'{name!r}: {name}' for name in names)}}}\n")
+    space: dict[str, Any] = {}
+    exec(source, space)  # noqa: S102 - the source is made of the class's own field names
+    make = _makers[event_class] = space["make"]
+    return make
+
+
+_makers: dict[type[Any], Callable[..., dict[str, Any]]] = {}
+
+
 def _new_event(event_class: type[Any], fixed: dict[str, Any], given: dict[str, Any]) -> Any:
     """An event of `event_class` with the fields in its dataclass order, as its __init__ sets
     them; TypeError for a missing or an unknown field, as __init__ would raise."""
-    names = _fields(event_class)
-    merged = {**given, **fixed}
-    if "timestamp" not in merged:
-        merged["timestamp"] = None
-    if len(merged) == len(names) == len(given) + len(fixed) + ("timestamp" not in given):
-        try:
-            state = {name: merged[name] for name in names}
-        except KeyError:
-            pass
+    make = _makers.get(event_class) or _maker(event_class)
+    try:
+        if "timestamp" in given:
+            state = make(**fixed, **given)
         else:
-            if state["timestamp"] is None and "timestamp" not in given:
-                state["timestamp"] = (
-                    _datetime_now(_library.TZINFO)  # what the library's create_timestamp does
-                    if event_class.create_timestamp is _LIBRARY_TIMESTAMP
-                    else event_class.create_timestamp())
-            event = object.__new__(event_class)
-            object.__setattr__(event, "__dict__", state)
-            return event
-    return _new_event_checked(event_class, fixed, given)
+            state = make(**fixed, **given, timestamp=(
+                _datetime_now(_library.TZINFO)  # what the library's create_timestamp does
+                if event_class.create_timestamp is _LIBRARY_TIMESTAMP
+                else event_class.create_timestamp()))
+    except TypeError:  # a field missing, unknown or given twice: named as __init__ names it
+        return _new_event_checked(event_class, fixed, given)
+    event = object.__new__(event_class)
+    object.__setattr__(event, "__dict__", state)
+    return event
 
 
 def _new_event_checked(event_class: type[Any], fixed: dict[str, Any], given: dict[str, Any]) -> Any:

@@ -46,6 +46,7 @@ from domain.trade import Trade
 from ledger import keys as K
 from ledger import merkle
 from ledger.audit_front import (
+    HELPER_NICENESS,
     End,
     Front,
     FrontProcess,
@@ -55,6 +56,7 @@ from ledger.audit_front import (
     Raise,
     Stop,
     foreign_event,
+    lower_priority,
     run_inline,
 )
 from ledger.audit_state import AuditCommitment, TicketInvariants, TreeProcess
@@ -331,7 +333,9 @@ class SignatureBatcher:
             self.failures.extend(_verify_chunk(chunk))
             return
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("fork"))
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("fork"),
+                                            initializer=lower_priority,
+                                            initargs=(HELPER_NICENESS,))
         self.futures.append(self.pool.submit(_verify_chunk, chunk))
 
     def finish(self) -> list[tuple[int, str]]:

@@ -25,6 +25,7 @@ list) still passes and a real difference still fails with the same message.
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 import signal
 import traceback
@@ -47,6 +48,12 @@ from ledger.transcoder import MsgpackTranscoder
 
 CHUNK_RECORDS = 1000  # records' worth of items per message from the reader process
 PIPE_BYTES = 1 << 20  # the room asked for in the pipe the items come through
+# How much lower than the replay's the priority of the audit's helper processes is (os.nice):
+# the replay decides every command in turn, and with every process busy on few cores it must
+# not wait for the scheduler. The reader feeds it and runs ahead of it, so a little lower; the
+# commitment process and the signature workers only have to be done by the end, so much lower.
+READER_NICENESS = 3
+HELPER_NICENESS = 10
 _KEY_EVENTS = (Participant.Registered, Participant.KeyRotated)
 _DROP = ("timestamp", "originator_id", "originator_version")
 
@@ -485,6 +492,7 @@ def _reader_main(source: Any, checkpoints: list[tuple[int, bytes, bytes]], data:
         conn.close()
     gc.disable()  # everything the front keeps lives on (the tree, the command ids)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the auditor decides when the reader ends
+    lower_priority(READER_NICENESS)
     front = Front(checkpoints)
     pending: list[Item] = []
 
@@ -539,10 +547,20 @@ def _picklable(e: BaseException) -> BaseException:
                             + "".join(traceback.format_exception(e)))
 
 
+def lower_priority(increment: int) -> None:
+    """Lower this process's scheduling priority (see READER_NICENESS); where that cannot be
+    done, it runs as it is."""
+    try:
+        os.nice(increment)
+    except (AttributeError, OSError):
+        pass
+
+
 def widen(conn: Any) -> None:
     """Give a pipe room for a whole chunk of items (about half a megabyte), so that the reader
     writes it in one go and the replay reads it without waiting for the writer to be scheduled
-    again for every 64 KiB. Linux only; elsewhere, or over the system's limit, it stays as is."""
+    again for every 64 KiB (and the replay sends the commitment process a checkpoint's changes
+    without waiting for it). Linux only; elsewhere, or over the system's limit, it stays as is."""
     try:
         import fcntl
 

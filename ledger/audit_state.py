@@ -38,6 +38,7 @@ from domain.base import LedgerAggregate
 from domain.blocks import WatchedBlocks
 from domain.ticket import AVAILABLE, CANCELLED, PLEDGED, RETIRED, Ticket
 from ledger import merkle
+from ledger.audit_front import HELPER_NICENESS, lower_priority, widen
 from ledger.commitments import entry, key_of, leaf_bytes
 
 _STATES = frozenset((AVAILABLE, PLEDGED, RETIRED, CANCELLED))
@@ -335,6 +336,7 @@ class TreeProcess:
         ctx = get_context("fork")
         self._answers, answers_w = ctx.Pipe(duplex=False)
         requests_r, self._requests = ctx.Pipe(duplex=False)
+        widen(self._requests)  # a checkpoint's changes (about 80 KB) are sent without waiting
         self._proc = ctx.Process(target=_tree_main, name="carbon-ledger-audit-commitment",
                                  args=(requests_r, answers_w, (self._answers, self._requests)),
                                  daemon=True)
@@ -393,6 +395,7 @@ def _tree_main(requests: Any, answers: Any, parents_ends: tuple[Any, ...]) -> No
         conn.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the audit's own process handles ^C
     gc.disable()
+    lower_priority(HELPER_NICENESS)  # it only has to be done when the replay ends
     tree = LeafTree()
     mismatched: list[int] = []
     broken = ""  # a RuntimeError of the tree's own: told with the final answer, in its place

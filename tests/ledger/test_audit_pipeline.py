@@ -505,6 +505,50 @@ def test_the_readers_pipe_holds_a_whole_chunk() -> None:
         writing.close()
 
 
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="Linux pipes only")
+def test_the_commitment_process_is_sent_a_checkpoint_without_waiting() -> None:
+    import fcntl
+
+    from ledger.audit_front import PIPE_BYTES
+
+    tree = TreeProcess()
+    try:
+        assert fcntl.fcntl(tree._requests.fileno(), fcntl.F_GETPIPE_SZ) >= PIPE_BYTES
+    finally:
+        tree.close()
+
+
+def test_the_helper_processes_yield_to_the_replay(demo_db: Demo, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader runs a little below the replay's priority, the commitment process and the
+    signature workers well below it (each of them lowers its own, as it starts)."""
+    from ledger.audit_front import HELPER_NICENESS, READER_NICENESS
+
+    told = tmp_path / "nice"
+
+    def nice(increment: int) -> int:  # in the forked processes: noted, and not lowered
+        with open(told, "a") as f:
+            f.write(f"{multiprocessing.current_process().name} {os.getpid()} {increment}\n")
+        return 0
+
+    monkeypatch.setattr(os, "nice", nice)
+    app = Registry(url(demo_db.path), keyring=Keyring(), auto_checkpoint=False)
+    try:
+        report = Auditor(demo_db.operator_key, 2, reader=True).run(DatabaseSource(app.recorder))
+    finally:
+        app.close()
+    assert report.ok, report.failure
+    calls = sorted((name, int(pid), int(n)) for name, pid, n in
+                   (line.split() for line in told.read_text().splitlines()))
+    assert os.getpid() not in {pid for _, pid, _ in calls}
+    by_name = {name: n for name, _, n in calls}
+    assert by_name.pop("carbon-ledger-audit-reader") == READER_NICENESS
+    assert by_name.pop("carbon-ledger-audit-commitment") == HELPER_NICENESS
+    assert by_name and set(by_name.values()) == {HELPER_NICENESS}  # the signature workers
+    assert len(calls) == len({pid for _, pid, _ in calls})  # once each
+    assert HELPER_NICENESS > READER_NICENESS > 0
+
+
 def test_records_made_fast_are_the_dataclass_records(demo_db: Demo) -> None:
     """The store makes its records with Record.of: the same records as Record(...)."""
     from ledger.records import Record

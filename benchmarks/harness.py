@@ -47,16 +47,17 @@ class Sizes:
     generate_timeout_s: float
     lanes: int  # lanes (ticket + two holders) per fresh registry of the write workloads
     audit_budget_s: float  # 0: audit the whole registry; else stop after this long (partial)
+    audit_runs: int  # full audits, each in a child process of its own: the median is reported
 
 
 QUICK = Sizes(events=QUICK_EVENTS, rounds=3, single_per_round=60, pg_single_per_round=60,
               batch_rounds=3, batches_per_round={100: 2, 1000: 1}, http_seconds=5.0,
               http_procs=2, http_threads=4, merkle_samples=300, generate_timeout_s=600, lanes=4,
-              audit_budget_s=15)
+              audit_budget_s=15, audit_runs=1)
 FULL = Sizes(events=FULL_EVENTS, rounds=5, single_per_round=200, pg_single_per_round=200,
              batch_rounds=5, batches_per_round={100: 5, 1000: 2}, http_seconds=10.0,
              http_procs=2, http_threads=4, merkle_samples=2000, generate_timeout_s=3600, lanes=8,
-             audit_budget_s=0)
+             audit_budget_s=0, audit_runs=3)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

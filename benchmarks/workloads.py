@@ -486,10 +486,16 @@ def rebuild(db: Path, sizes: Sizes) -> list[Row]:
 
 
 def audit(db: Path, sizes: Sizes) -> list[Row]:
+    """The full audit, run `sizes.audit_runs` times (each in a child of its own, beside a
+    second's measure of Ed25519's rate on one core): the run with the median rate is reported,
+    every run in the notes, with the CPU time of the replaying process and of its helpers."""
     workers = os.cpu_count() or 1
-    r = _child(["audit", str(db), str(workers), str(sizes.audit_budget_s)],
-               timeout_s=(sizes.audit_budget_s or 1800) + 120)
-    limit = r["verify_per_s_one_core"] * r["cores"]
+    runs = [_child(["audit", str(db), str(workers), str(sizes.audit_budget_s)],
+                   timeout_s=(sizes.audit_budget_s or 1800) + 120)
+            for _ in range(max(sizes.audit_runs, 1))]
+    r = sorted(runs, key=lambda run: run["events_per_s"])[len(runs) // 2]
+    limit = median([run["verify_per_s_one_core"] for run in runs]) * r["cores"]
+    failed = [run for run in runs if not run["audit_ok"] and not run.get("partial")]
     if r.get("partial"):
         notes = (f"TIME-BOXED at {sizes.audit_budget_s:.0f} s (quick mode): the first "
                  f"{fmt_int(r['records'])} of {fmt_int(r['size'])} events audited in "
@@ -501,12 +507,18 @@ def audit(db: Path, sizes: Sizes) -> list[Row]:
                  f"signatures ({per_sig:.1f} events per signature), {fmt_int(r['commands'])} "
                  f"commands, {r['checkpoints']} checkpoints; the signature limit alone would allow "
                  f"{fmt_int(limit * per_sig)} events/s"
-                 + ("" if r["audit_ok"] else f"; THE AUDIT FAILED: {r['failure']}"))
+                 + "".join(f"; THE AUDIT FAILED: {run['failure']}" for run in failed))
+    if len(runs) > 1:
+        notes += (f"; the median of {len(runs)} runs, each in its own process, in order: "
+                  + ", ".join(f"{fmt_int(run['events_per_s'])}/s ({run['seconds']:.1f} s; CPU "
+                              f"{run['main_cpu_s']:.1f} s replaying + {run['children_cpu_s']:.1f} s "
+                              f"helpers; Ed25519 {fmt_int(run['verify_per_s_one_core'])}/s a core)"
+                              for run in runs))
     return [Row(
         f"full verify (audit_database, {fmt_int(r['size'])} events)", r["events_per_s"],
         "events/s", limit, f"Ed25519 verify/s x {r['cores']} cores",
         target=f">= {fmt_int(AUDIT_TARGET)} events/s",
-        passed=r["events_per_s"] >= AUDIT_TARGET and (r["audit_ok"] or bool(r.get("partial"))),
+        passed=r["events_per_s"] >= AUDIT_TARGET and not failed,
         notes=notes)]
 
 

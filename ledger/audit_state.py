@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import gc
+import io
 import json
 import pickle
 import signal
@@ -363,8 +364,15 @@ class TreeProcess:
         return self._final[0]
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        # Pickled without a memo (`fast`): the changes are lists of tuples of ints and strings,
+        # shared by nothing and containing nothing of their own, and keeping a memo of every
+        # tuple and string costs more than writing a repeated holder's name out again.
+        out = io.BytesIO()
+        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.fast = True
         try:
-            self._requests.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            pickler.dump(message)
+            self._requests.send_bytes(out.getbuffer())
         except OSError:  # BrokenPipeError: it is gone
             self._gone()
 

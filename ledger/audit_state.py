@@ -154,14 +154,13 @@ class AuditCommitment:
 
     def __init__(self, tickets: TicketInvariants) -> None:
         self._aggregates: dict[str, LedgerAggregate] = {}
-        self._keys: list[str] = []  # sorted
         self._dirty: set[str] = set()
         self._committed: dict[type, bool] = {}
         self._fast = True
         self.tickets = tickets
         tickets.start_journal()
         self._checks: dict[str, bytes] = {}  # ticket key -> its leaf made the ordinary way
-        self._inserted: list[int] = []  # where new keys went since the last root, in order
+        self._inserted: list[str] = []  # the keys added since the last root, in order
         self.tree: LeafTree | TreeProcess = LeafTree()  # the tree over the leaves
 
     def touch(self, agg: LedgerAggregate) -> None:
@@ -174,27 +173,23 @@ class AuditCommitment:
             self._committed[kind] = False
             return
         if key not in self._aggregates:
-            at = bisect_left(self._keys, key)
-            self._keys.insert(at, key)  # its leaf is hashed at the next refresh: it is dirty
-            self._inserted.append(at)
+            self._inserted.append(key)  # its leaf is made at the next refresh: it is dirty
         self._aggregates[key] = agg
         self._dirty.add(key)
 
-    def _refresh(self) -> list[tuple[int, Any]]:
-        """The leaves of the aggregates touched since the last refresh: (position, leaf), where
-        a leaf is its hash, or for a ticket its key: the tree makes that leaf from the blocks
-        the journal gave it (LeafTree._ticket)."""
+    def _refresh(self) -> list[tuple[str, bytes | None]]:
+        """The leaves of the aggregates touched since the last refresh: (key, leaf hash), or
+        (key, None) for a ticket whose leaf the tree makes from the blocks the journal gave it
+        (LeafTree._ticket)."""
         checked = False
-        keys = self._keys
-        changed: list[tuple[int, Any]] = []
+        changed: list[tuple[str, bytes | None]] = []
         for key in self._dirty:
             agg = self._aggregates[key]
-            at = bisect_left(keys, key)
             if type(agg) is Ticket and self._fast:
                 blocks = self.tickets.verified(agg)
                 if blocks is not None:  # the journal has its blocks as they are
                     if checked:
-                        changed.append((at, key))
+                        changed.append((key, None))
                         continue
                     # The shortcut must write what entry() and canonical JSON write, and the
                     # tree's leaf must be the ordinary one: checked on one ticket per refresh.
@@ -204,7 +199,7 @@ class AuditCommitment:
                     data = leaf_bytes(key, found[1])
                     before, after = _ticket_ends(key, _ticket_head(agg))
                     if _ticket_text(before, list(map(_block_json, blocks)), after) == data:
-                        changed.append((at, key))
+                        changed.append((key, None))
                         self._checks[key] = merkle.leaf_hash(data)
                         continue
                     self._fast = False  # (the tree's copies are left unused from now on)
@@ -213,7 +208,7 @@ class AuditCommitment:
                 # its next check notes every change since): hashed here
             found = entry(agg)
             assert found is not None
-            changed.append((at, merkle.leaf_hash(leaf_bytes(key, found[1]))))
+            changed.append((key, merkle.leaf_hash(leaf_bytes(key, found[1]))))
         self._dirty.clear()
         return changed
 
@@ -225,8 +220,7 @@ class AuditCommitment:
         if journal is not None:  # (None: the shortcut is off, and the tree needs no journal)
             self.tickets.journal = []
         checks, self._checks = self._checks, {}
-        return Changes(inserted, changed, min(inserted, default=len(self._keys)), journal or [],
-                       checks)
+        return Changes(inserted, changed, journal or [], checks)
 
     def root(self) -> bytes:
         """merkle.root over the leaves in key order, rehashing only the paths of the leaves that changed
@@ -242,11 +236,8 @@ class AuditCommitment:
 class Changes(NamedTuple):
     """What changed in the commitment since the tree last had it."""
 
-    inserted: list[int]  # the positions where keys were inserted, in order
-    changed: list[tuple[int, Any]]  # (position, its leaf hash, or a ticket's key: LeafTree._ticket)
-    # the lowest position of a key added, from which on the leaves moved (the lowest position an
-    # insert was made at: a later insert below a new key moves that key up, never down)
-    start: int
+    inserted: list[str]  # the keys added, in order (each is in `changed` too)
+    changed: list[tuple[str, bytes | None]]  # (key, its leaf hash, or None: LeafTree._ticket)
     journal: list[tuple[Any, ...]]  # how tickets' blocks changed (TicketInvariants.journal)
     checks: dict[str, bytes]  # ticket key -> its leaf hash made the ordinary way
 
@@ -274,19 +265,31 @@ class LeafTree:
     and each ticket's blocks' JSON, from which it makes the tickets' leaves (_ticket)."""
 
     def __init__(self) -> None:
+        self.keys: list[str] = []  # sorted: the leaves' keys
         self.leaves: list[bytes] = []
         self.levels: list[list[bytes]] = [[]]
         self.tickets: dict[str, list[Any]] = {}  # key -> [JSON before, after, the blocks' JSON]
 
     def update(self, changes: Changes) -> None:
         self._follow(changes.journal)
-        leaves = self.leaves
-        for at in changes.inserted:
-            leaves.insert(at, b"")
+        keys, leaves = self.keys, self.leaves
+        # The leaves moved from the lowest position a key was added at (a key added later
+        # below a new one moves it up, never down).
+        start = len(leaves)
+        for key in changes.inserted:
+            at = bisect_left(keys, key)
+            keys.insert(at, key)
+            leaves.insert(at, b"")  # (every key added is among the changed ones)
+            start = min(start, at)
         checks = changes.checks
-        for at, leaf in changes.changed:
-            leaves[at] = leaf if type(leaf) is bytes else self._ticket(leaf, checks.get(leaf))
-        _rehash(self.levels, leaves, [at for at, _ in changes.changed], changes.start)
+        positions = []
+        for key, leaf in changes.changed:
+            at = bisect_left(keys, key)
+            if at == len(keys) or keys[at] != key:
+                raise RuntimeError(f"the audit's commitment has no leaf {key}")
+            leaves[at] = leaf if leaf is not None else self._ticket(key, checks.get(key))
+            positions.append(at)
+        _rehash(self.levels, leaves, positions, start)
 
     def _follow(self, journal: list[tuple[Any, ...]]) -> None:
         """Change the tickets' blocks' JSON kept here as the journal says (in the form of

@@ -414,7 +414,7 @@ def test_a_tree_whose_copy_of_a_ticket_differs_says_so() -> None:
     the audit ends with that error rather than with a wrong verdict, in this process and in the
     commitment process alike."""
     key = "ticket/SM-1"
-    changes = Changes([0], [(0, key)], 0,
+    changes = Changes([key], [(key, None)],
                       [(key, (5, "issuer-1", "P-1", "SMCER", "SM-1"), [(1, 5, "a", "available", "")])],
                       {key: b"\0" * 32})
     with pytest.raises(RuntimeError, match="ticket/SM-1's blocks differs"):
@@ -423,7 +423,7 @@ def test_a_tree_whose_copy_of_a_ticket_differs_says_so() -> None:
     try:
         assert tree.matches(b"x" * 32, 1, changes)
         with pytest.raises(RuntimeError, match="ticket/SM-1's blocks differs"):
-            tree.root(Changes([], [], 1, [], {}))
+            tree.root(Changes([], [], [], {}))
     finally:
         tree.close()
 

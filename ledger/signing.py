@@ -49,8 +49,14 @@ def canonical_json(obj: Any, *, checked: bool = False) -> bytes:
     """
     if not checked:
         _check_canonical_types(obj)
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                      allow_nan=False).encode("utf-8")
+    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                      allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:  # half of a surrogate pair: JSON can escape it, UTF-8 cannot
+        raise DomainError("non_canonical", f"a string holds a lone surrogate "
+                          f"(U+{ord(e.object[e.start]):04X}), which canonical JSON (UTF-8, "
+                          "no escapes) cannot carry") from None
 
 
 _SCALARS = (str, bool, type(None))

@@ -138,6 +138,8 @@ def _float_body() -> bytes:
     pytest.param(_float_body(), None, 400, "non_canonical", id="fractional tonnes, unsigned"),
     pytest.param(b"not json", None, 400, "invalid_argument", id="not JSON, unsigned"),
     pytest.param(b'{"b":1,"a":2}', None, 400, "non_canonical", id="unsorted keys, unsigned"),
+    pytest.param(body_of("transfer", a_transfer()).replace(b'"ticket_no":"', b'"ticket_no":"\\ud800'),
+                 EXCHANGE, 400, "non_canonical", id="a lone surrogate, signed"),
     pytest.param(body_of("transfer", a_transfer(fee="1.00")), None, 400, "invalid_argument",
                  id="unknown argument, unsigned"),
     pytest.param(body_of("transfer", a_transfer(quantity_t=0)), None, 400, "invalid_argument",

@@ -326,6 +326,9 @@ NON_CANONICAL = {
     "exponent": canonical_json(_payload()).replace(b":1000}", b":1e3}"),
     "escaped ascii": canonical_json(_payload()).replace(b'"fujian-eco"', b'"fujian\\u002deco"'),
     "trailing newline": canonical_json(_payload()) + b"\n",
+    # JSON may escape half of a surrogate pair; UTF-8 cannot carry it, so no canonical form has it
+    "lone surrogate": canonical_json(_payload()).replace(b'"fujian-eco"', b'"fujian\\ud800eco"'),
+    "lone low surrogate": canonical_json(_payload()).replace(b'"fujian-eco"', b'"\\udc00"'),
 }
 
 
@@ -334,6 +337,12 @@ def test_non_canonical_body_is_refused(app: Registry, variant: str) -> None:
     body = NON_CANONICAL[variant]
     assert body != canonical_json(_payload())
     refused(app, signed_by(key_of(app, "fujian-eco"), "fujian-eco", body), "non_canonical")
+
+
+def test_a_value_with_a_lone_surrogate_cannot_be_made_canonical() -> None:
+    with pytest.raises(DomainError) as e:
+        canonical_json({"command": "x\ud800"})
+    assert e.value.code == "non_canonical"
 
 
 def test_non_canonical_float_elsewhere_in_the_body_is_refused(app: Registry) -> None:

@@ -38,16 +38,20 @@ def id_memo(kind: str) -> Any:
         if found is None:
             if len(memo) >= 100_000:
                 memo.clear()
-            found = memo[key] = name_uuid(f"{kind}/{key}")  # aggregate_id(kind, key)
+            found = memo[key] = new_aggregate_id(kind, key)
         return found
 
     return id_for
 
 
-@lru_cache(maxsize=100_000)
-def aggregate_id(kind: str, *key: str) -> UUID:
-    """Deterministic aggregate ids, so that a natural key maps to one stream and duplicates collide."""
+def new_aggregate_id(kind: str, *key: str) -> UUID:
+    """Deterministic aggregate ids, so that a natural key maps to one stream and duplicates
+    collide; made anew each time (see aggregate_id)."""
     return name_uuid("/".join((kind, *key)))
+
+
+# the ids asked for again and again (participants, tickets, pledges ...), memoised
+aggregate_id = lru_cache(maxsize=100_000)(new_aggregate_id)
 
 
 _NAMESPACE_BYTES = NAMESPACE.bytes

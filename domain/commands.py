@@ -309,12 +309,9 @@ def _remember(memo: dict[str, Any], s: str, value: Any) -> Any:
     return value
 
 
-def _new_slug(s: str) -> str | None:
-    return _remember(_SLUGS, s, s) if V.SLUG.fullmatch(s) else None
-
-
-def _new_ticket(s: str) -> str | None:
-    return _remember(_TICKETS, s, s) if V.TICKET_NO.fullmatch(s) else None
+def _new_match(memo: dict[str, str], pattern: re.Pattern[str], s: str) -> str | None:
+    """s, remembered in `memo`, when it matches the pattern whole; else None."""
+    return _remember(memo, s, s) if pattern.fullmatch(s) else None
 
 
 def _new_price(s: str) -> int | None:
@@ -344,9 +341,9 @@ def _plain_transfer(v: Any) -> dict[str, Any] | None:
             and type(ticket) is str and type(price) is str and type(mode) is str and type(q) is int
             and 1 <= q <= _MAX_QUANTITY_T and seller != buyer and _is_ref(trade_id)):
         return None
-    seller = _SLUGS.get(seller) or _new_slug(seller)
-    buyer = _SLUGS.get(buyer) or _new_slug(buyer)
-    ticket = _TICKETS.get(ticket) or _new_ticket(ticket)
+    seller = _SLUGS.get(seller) or _new_match(_SLUGS, V.SLUG, seller)
+    buyer = _SLUGS.get(buyer) or _new_match(_SLUGS, V.SLUG, buyer)
+    ticket = _TICKETS.get(ticket) or _new_match(_TICKETS, V.TICKET_NO, ticket)
     price_fen = _PRICES.get(price)
     if price_fen is None:  # (0 fen is a price)
         price_fen = _new_price(price)

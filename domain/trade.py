@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from domain.base import LedgerAggregate, name_uuid
+from domain.base import LedgerAggregate, new_aggregate_id
 
 
 class Trade(LedgerAggregate):
     @staticmethod
     def id_for(exchange: str, trade_id: str) -> UUID:
-        # aggregate_id("trade", exchange, trade_id), without its lru_cache: nearly every trade id
-        # is asked for once (when it is settled), so a cache would only evict ids that matter.
-        return name_uuid(f"trade/{exchange}/{trade_id}")
+        # not aggregate_id's memo: nearly every trade id is asked for once (when it is settled),
+        # so a memo would only evict ids that matter
+        return new_aggregate_id("trade", exchange, trade_id)
 
     class Settled(LedgerAggregate.Created):
         trade_id: str

@@ -88,7 +88,7 @@ class TicketInvariants:
             if type(blocks) is not WatchedBlocks:
                 blocks = ticket.__dict__["blocks"] = WatchedBlocks(blocks)
         blocks.seal()
-        key = seen[4] if seen is not None else f"ticket/{ticket.ticket_no}"  # key_of(ticket)
+        key = seen[4] if seen is not None else key_of(ticket)
         self._verified[tid] = (ticket, blocks, ticket.quantity_t, len(blocks), key)
         journal = self.journal
         if journal is not None:

@@ -51,7 +51,9 @@ class UnitOfWork:
         # and again, and one lookup of a string replaces making its aggregate id and finding it
         self._participants: dict[str, Participant] = {}
         self._tickets: dict[str, Ticket] = {}
-        self._known = known
+        # (without shared ones, a unit of work's own are the only ones it knows)
+        self._known_participants, self._known_tickets = (
+            known if known is not None else (self._participants, self._tickets))
 
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None:
         agg = self.loaded.get(aggregate_id, _ABSENT)
@@ -94,8 +96,8 @@ class UnitOfWork:
         return found if found is not None else self._find_participant(participant_id)
 
     def _find_participant(self, participant_id: str) -> Participant:
-        return self._find_named(0, self._participants, participant_id, Participant,
-                                Participant.id_for, lambda: DomainError(
+        return self._find_named(self._participants, self._known_participants, participant_id,
+                                Participant, Participant.id_for, lambda: DomainError(
             "unknown_participant", f"no participant {participant_id} is registered",
             participant_id=participant_id))
 
@@ -104,22 +106,19 @@ class UnitOfWork:
         return found if found is not None else self._find_ticket(ticket_no)
 
     def _find_ticket(self, ticket_no: str) -> Ticket:
-        return self._find_named(1, self._tickets, ticket_no, Ticket, Ticket.id_for,
-                                lambda: DomainError("unknown_ticket", f"no ticket {ticket_no} has "
-                                                    "been issued", ticket_no=ticket_no))
+        return self._find_named(self._tickets, self._known_tickets, ticket_no, Ticket,
+                                Ticket.id_for, lambda: DomainError(
+            "unknown_ticket", f"no ticket {ticket_no} has been issued", ticket_no=ticket_no))
 
-    def _find_named(self, which: int, mine: dict[str, Any], name: str, cls: type[A],
+    def _find_named(self, mine: dict[str, Any], known: dict[str, Any], name: str, cls: type[A],
                     id_for: Callable[[str], UUID], missing: Callable[[], DomainError]) -> A:
-        """A participant (which=0) or ticket (1) not found by this unit of work yet: from the
-        shared `known` ones when there, noted as find() notes it; else found by its id."""
-        known = self._known[which] if self._known is not None else None
-        found = known.get(name) if known is not None else None
+        """A participant or ticket not found by this unit of work yet (`mine`): from the shared
+        `known` ones when there, noted as find() notes it; else found by its id."""
+        found = known.get(name)
         if found is not None:
             self.loaded[found.__dict__["_id"]] = found
         else:
-            found = self.get(cls, id_for(name), missing)
-            if known is not None:
-                known[name] = found
+            found = known[name] = self.get(cls, id_for(name), missing)
         mine[name] = found
         return found
 

@@ -11,18 +11,16 @@ inserting or reordering records changes every chain value after the damage.
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass
 from uuid import UUID
 
-import msgpack
-
 from ledger import merkle
+from ledger.transcoder import per_thread_packer
 
 _new = object.__new__
 _set = object.__setattr__
 GENESIS_CHAIN = hashlib.sha256(b"carbon-ledger/chain/v1").digest()
-_packers = threading.local()  # a Packer per thread (it is not safe to share; packb makes one per call)
+_pack_record = per_thread_packer(use_bin_type=True)
 
 # A record as the audit reads it: (position, originator id's 16 bytes, version, topic, state, chain)
 RecordRow = tuple[int, bytes, int, str, bytes, bytes]
@@ -61,12 +59,7 @@ def record_bytes(originator_id: UUID, version: int, topic: str, state: bytes) ->
 
 def record_bytes_of(id_bytes: bytes, version: int, topic: str, state: bytes) -> bytes:
     """record_bytes with the originator id given as its 16 bytes."""
-    try:
-        pack = _packers.pack
-    except AttributeError:
-        # the bytes msgpack.packb(..., use_bin_type=True) gives, without a new Packer per record
-        pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
-    return pack([id_bytes, version, topic, state])
+    return _pack_record([id_bytes, version, topic, state])
 
 
 def next_chain(prev: bytes, leaf: bytes) -> bytes:

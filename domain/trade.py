@@ -63,5 +63,8 @@ class Trade(LedgerAggregate):
         has it already."""
         if id is None:
             id = cls.id_for(exchange, trade_id)  # noqa: A001
-        return cls._create(cls.Settled, id=id, actor=actor,
-                           command_id=command_id, exchange=exchange, trade_id=trade_id, **fields)
+        fields["actor"] = actor
+        fields["command_id"] = command_id
+        fields["exchange"] = exchange
+        fields["trade_id"] = trade_id
+        return cls._create_with(cls.Settled, id, fields)

@@ -445,6 +445,7 @@ class Auditor:
         self.progress = progress
         self.reader = reader
         self._transcoder = MsgpackTranscoder()
+        self._pack = self._transcoder.packer().pack  # encode(), for the replay's one thread
         self._classes: dict[str, type] = {}
         self._checks: dict[type, bool] = {}  # whether a class has invariants of its own
         # participants and tickets by id and number, for every unit of work of one replay (it
@@ -621,7 +622,7 @@ class Auditor:
         recorded_outcome = g.outcome
         if isinstance(recorded_outcome, BaseException):
             raise recorded_outcome
-        encode = self._transcoder.encode
+        encode = self._pack
         same = False
         if type(recorded_outcome) is bytes:
             try:
@@ -651,8 +652,11 @@ class Auditor:
             raise _Stop(first, f"command {cid} should have recorded {len(produced)} events; the log "
                         f"has {len(recorded)}")
         classes = self._classes
+        timed = []  # (event, the recorded time that state keeps): see below
         i = 0
-        for want, (topic, oid, version, norm, _when) in zip(produced, recorded, strict=True):
+        for want, (topic, oid, version, norm, when) in zip(produced, recorded, strict=True):
+            if when is not None:
+                timed.append((want, when))
             cls = classes.get(topic) or self._class(topic)
             try:
                 fields = dict(want.__dict__)
@@ -669,12 +673,14 @@ class Auditor:
                             f"rules (expected {type(want).__qualname__} of version "
                             f"{want.originator_version})")
             i += 1
+        # Each changed aggregate's invariants hold, and the state commitment notes it (a trade
+        # is not committed to).
         checks = self._checks
         for agg in changed:
+            kind = type(agg)
             try:
-                kind = type(agg)
                 if kind is Ticket:
-                    tickets.check(agg)
+                    commitment.touch(agg, tickets.check(agg))
                     continue
                 own = checks.get(kind)
                 if own is None:
@@ -684,25 +690,22 @@ class Auditor:
                     agg.check_invariants()
             except AssertionError as e:
                 raise _Stop(record_pos, f"an invariant breaks after command {cid}: {e}") from None
+            if kind is not Trade:
+                commitment.touch(agg)
         # The decision changed the state in place, with events equal to the recorded ones but for
         # their times: put in the recorded times where state keeps them (when a key became valid).
         # Any other difference would show at the next checkpoint's state commitment.
-        for want, rec in zip(produced, recorded, strict=True):
-            when = rec[4]
-            if when is not None:
-                if isinstance(when, BaseException):
-                    raise when
-                agg = state.get(want.originator_id) or next(
-                    a for a in uow.created if a.id == want.originator_id)
-                key_id = want.key_id if isinstance(want, Participant.Registered) else want.new_key_id
-                agg.keys[key_id]["valid_from"] = when
+        for want, when in timed:
+            if isinstance(when, BaseException):
+                raise when
+            agg = state.get(want.originator_id) or next(
+                a for a in uow.created if a.id == want.originator_id)
+            key_id = want.key_id if isinstance(want, Participant.Registered) else want.new_key_id
+            agg.keys[key_id]["valid_from"] = when
         for agg in uow.created:  # the others were changed in place, where state has them
             # No rule reads a trade again but to see that its id is taken (a retried trade id
             # is refused): the replay keeps that, not the trade, and saves the memory.
             state[agg.__dict__["_id"]] = _SETTLED if type(agg) is Trade else agg
-        for agg in changed:
-            if type(agg) is not Trade:
-                commitment.touch(agg)
 
     def _check_unread(self, g: Group) -> None:
         """Stop at the first of the command's events that does not decode, or that belongs to

@@ -72,8 +72,9 @@ class TicketInvariants:
         seen = self._verified.get(id(ticket))
         return seen if seen is not None and seen[0] is ticket else None
 
-    def check(self, ticket: Ticket) -> None:
-        """Raise AssertionError (the ticket's own) if the ticket's invariants do not hold."""
+    def check(self, ticket: Ticket) -> str:
+        """Raise AssertionError (the ticket's own) if the ticket's invariants do not hold; return
+        the ticket's commitment key."""
         blocks = ticket.blocks
         tid = id(ticket)
         seen = self._seen(ticket)
@@ -98,6 +99,7 @@ class TicketInvariants:
             else:
                 lo, hi = span
                 journal.append((key, lo, hi - len(blocks) + seen[3], blocks[lo:hi]))  # type: ignore[index]
+        return key
 
     def start_journal(self) -> None:
         """Note how tickets' blocks change from now on (`journal`), starting with all of each
@@ -163,15 +165,17 @@ class AuditCommitment:
         self._inserted: list[str] = []  # the keys added since the last root, in order
         self.tree: LeafTree | TreeProcess = LeafTree()  # the tree over the leaves
 
-    def touch(self, agg: LedgerAggregate) -> None:
-        """Note that an aggregate changed; its leaf is recomputed at the next root()."""
-        kind = type(agg)
-        if self._committed.get(kind) is False:
-            return
-        key = key_of(agg)
-        if key is None:  # key_of answers by class: no aggregate of this class is committed
-            self._committed[kind] = False
-            return
+    def touch(self, agg: LedgerAggregate, key: str | None = None) -> None:
+        """Note that an aggregate changed; its leaf is recomputed at the next root(). `key`:
+        its key_of(), when the caller has it."""
+        if key is None:
+            kind = type(agg)
+            if self._committed.get(kind) is False:
+                return
+            key = key_of(agg)
+            if key is None:  # key_of answers by class: no aggregate of this class is committed
+                self._committed[kind] = False
+                return
         if key not in self._aggregates:
             self._inserted.append(key)  # its leaf is made at the next refresh: it is dirty
         self._aggregates[key] = agg

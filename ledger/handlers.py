@@ -71,9 +71,11 @@ class UnitOfWork:
         return agg
 
     def add(self, agg: LedgerAggregate) -> LedgerAggregate:
-        if self.find(type(agg), agg.id) is not None:
+        agg_id = agg.__dict__["_id"]
+        # (an id found absent already, as absent() leaves it, is not looked up again)
+        if self.loaded.get(agg_id, _ABSENT) is not None and self.find(type(agg), agg_id) is not None:
             raise AssertionError("add() of an aggregate that exists")
-        self.loaded[agg.id] = agg
+        self.loaded[agg_id] = agg
         self.created.append(agg)
         return agg
 

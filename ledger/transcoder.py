@@ -49,7 +49,8 @@ _UNPACKING: dict[str, Any] = {"ext_hook": _ext_hook, "timestamp": 3, "raw": Fals
                               "strict_map_key": False}
 
 
-_pack_state = per_thread_packer(default=_default, datetime=True, use_bin_type=True)
+_STATE_OPTIONS: dict[str, Any] = {"default": _default, "datetime": True, "use_bin_type": True}
+_pack_state = per_thread_packer(**_STATE_OPTIONS)
 
 
 class MsgpackTranscoder(Transcoder):
@@ -57,6 +58,11 @@ class MsgpackTranscoder(Transcoder):
 
     def encode(self, obj: Any) -> bytes:
         return _pack_state(obj)
+
+    def packer(self) -> msgpack.Packer:
+        """A Packer of its own whose pack() gives encode()'s bytes, for a caller that keeps it
+        to one thread (and saves encode()'s two calls per state: the audit, per event)."""
+        return msgpack.Packer(**_STATE_OPTIONS)
 
     def decode(self, data: bytes) -> Any:
         return msgpack.unpackb(data, **_UNPACKING)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from eventsourcing.domain import Aggregate
@@ -217,3 +218,35 @@ def test_an_event_without_a_time_is_dated_as_the_library_dates_it(
                             ranges=[[1, 3]], price_fen=1500, mode="negotiated",
                             batch_id="").collect_events()
     assert event.timestamp == WHEN
+
+
+def test_a_unit_of_work_adds_only_an_aggregate_that_does_not_exist() -> None:
+    """UnitOfWork.add refuses an aggregate whose id exists, whether the unit of work has looked
+    it up before or not; one found absent (as a handler's absent() leaves it) is added without
+    asking the store again."""
+    from ledger.handlers import UnitOfWork
+
+    def trade(trade_id: str) -> Trade:
+        return Trade.settle(actor="ex", command_id="c-1", exchange="ex", trade_id=trade_id,
+                            seller="s", buyer="b", ticket_no="T-1", quantity_t=1,
+                            ranges=[[1, 1]], price_fen=100, mode="listing", batch_id="")
+
+    stored = trade("T-1")
+    asked: list[UUID] = []
+
+    def load(agg_id: UUID) -> Trade | None:
+        asked.append(agg_id)
+        return stored if agg_id == stored.id else None
+
+    with pytest.raises(AssertionError, match="exists"):
+        UnitOfWork(load).add(trade("T-1"))  # not looked up before
+    uow = UnitOfWork(load)
+    assert uow.find(Trade, stored.id) is stored
+    with pytest.raises(AssertionError, match="exists"):
+        uow.add(trade("T-1"))  # looked up before
+    uow = UnitOfWork(load)
+    new = trade("T-2")
+    uow.absent(Trade, new.id, "trade T-2")
+    asked.clear()
+    assert uow.add(new) is new and asked == [] and uow.created == [new]
+    assert uow.find(Trade, new.id) is new

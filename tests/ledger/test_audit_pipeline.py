@@ -616,3 +616,63 @@ def test_one_auditor_audits_two_registries_each_on_its_own(demo_db: Demo, tmp_pa
     assert reports[0].ok and reports[2].ok
     assert not reports[1].ok and reports[1].failure is not None
     assert reports[1].failure.position == position
+
+
+def _group_with(events: list[Any]) -> Any:
+    from ledger.audit_front import Group
+
+    return Group._make([7, 5, "c-1", "transfer", "x-1", None, None, None, {}, None, 0, b"",
+                        events, []])
+
+
+def test_a_groups_events_cross_to_the_replay_as_one_marshal_string() -> None:
+    """The reader sends a group's events as one marshal string, which the replay reads back as
+    the same list; events that marshal cannot write (an exception for a key event's time, a
+    value decoded from a record) are sent as they are."""
+    import marshal
+
+    from ledger.audit_front import _marshalled
+
+    events = [("domain.ticket:Ticket.Transferred", 2**127 + 5, 3, b"\x85\xa5actor", None),
+              ("domain.trade:Trade.Settled", 17, 1, ("raw", {"a": [1, 2]}), 1_700_000_000)]
+    sent = _marshalled(_group_with(events))
+    assert type(sent.events) is bytes and marshal.loads(sent.events) == events
+    assert sent._replace(events=None) == _group_with(None)  # nothing else changes
+    for odd in (ValueError("bad time"), UUID(int=5)):
+        unwritable = [*events, ("domain.participant:Participant.KeyRotated", 9, 2, b"", odd)]
+        assert _marshalled(_group_with(unwritable)).events is unwritable
+    assert _marshalled(audit_module.Progress(3)) == audit_module.Progress(3)
+
+
+class Name(str):
+    """A holder's name of a str subclass: marshal cannot write it, pickle can."""
+
+
+def test_changes_that_marshal_cannot_write_reach_the_commitment_process_pickled() -> None:
+    """The commitment process is sent each checkpoint's changes by marshal; a change marshal
+    cannot write (here a holder's name of a str subclass) goes pickled, with the same root."""
+    import marshal
+
+    checker = TicketInvariants()
+    commitment = AuditCommitment(checker)
+    commitment.tree = TreeProcess()
+    reference = StateCommitment()
+    try:
+        plain = _ticket([(1, 100, "a", AVAILABLE, "")], 100)
+        odd = _ticket([(1, 60, Name("b"), AVAILABLE, ""), (61, 100, "c", AVAILABLE, "")], 100)
+        odd.__dict__["ticket_no"] = "SM-0000002"
+        odd.__dict__["_id"] = Ticket.id_for(odd.ticket_no)
+        with pytest.raises(ValueError):
+            marshal.dumps(list(odd.blocks))
+        for t in (plain, odd):
+            checker.check(t)
+            commitment.touch(t)
+            reference.touch(t)
+        assert commitment.matches(reference.root(), 1)
+        B.reassign_in_place(plain.blocks, [(1, 10)], "d", AVAILABLE, "")
+        commitment.touch(plain, checker.check(plain))
+        reference.touch(plain)
+        assert commitment.root() == reference.root()
+        assert commitment.tree.mismatches() == []
+    finally:
+        commitment.tree.close()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from domain.errors import DomainError
@@ -106,15 +107,60 @@ def _no_float(text: str) -> Any:
                       "is a decimal string like \"15.00\"")
 
 
+# A key with a non-ASCII character: one, then the rest of a string (escapes skipped), then a
+# colon. A body without one has ASCII keys only (a match in a value takes the slower way too).
+_NON_ASCII_KEY = re.compile(rb'[\x80-\xff](?:[^"\\]|\\.)*":')
+_NOT_FAST = object()
+
+
+class _Fraction(Exception):
+    pass
+
+
+def _refuse_fraction(text: str) -> Any:
+    raise _Fraction(text)
+
+
+# msgspec's JSON, which parses and writes a body back in a quarter of json's time: the parser
+# stops at the first float (float_hook), the writer sorts keys and leaves out white space.
+_decode_json = msgspec.json.Decoder(float_hook=_refuse_fraction).decode
+_encode_json = msgspec.json.Encoder(order="sorted").encode
+
+
+def _parsed_if_canonical(body: bytes) -> Any:
+    """msgspec's parse of the body when msgspec writes it back the same (keys sorted, compact),
+    else _NOT_FAST. For a body with no integer of 16 digits (the caller's check) and no key that
+    is not ASCII (checked here), with no float (msgspec stops at one): its value is then json's,
+    and msgspec writes it as canonical_json does (UTF-8, escapes included), so the body is
+    canonical exactly when this gives it back. Anything else (not JSON, not UTF-8, not
+    canonical, a float, a lone surrogate) is left to json, which says what is wrong."""
+    if not body.isascii() and _NON_ASCII_KEY.search(body) is not None:
+        return _NOT_FAST
+    try:
+        obj = _decode_json(body)
+        if _encode_json(obj) == body:
+            return obj
+    except (msgspec.MsgspecError, _Fraction, RecursionError):
+        pass
+    return _NOT_FAST
+
+
 def parse_canonical(body: bytes) -> Any:
     """Parse a body and insist it is already in canonical form."""
     if len(body) > MAX_BODY_BYTES:
         raise DomainError("invalid_argument", f"the body is {len(body)} bytes; at most "
                           f"{MAX_BODY_BYTES} are accepted")
     try:
-        if body.isascii() and _SIXTEEN_ZEROS not in body.translate(_DIGITS_AS_ZEROS):
-            # Every key is ASCII and every integer has at most 15 digits (below 2^53): the
-            # checks the hooks below make per key and per integer cannot fail.
+        short = _SIXTEEN_ZEROS not in body.translate(_DIGITS_AS_ZEROS)
+        if short:
+            # Every integer has at most 15 digits (below 2^53): with ASCII keys and no float,
+            # msgspec parses and writes it back in a quarter of json's time.
+            obj = _parsed_if_canonical(body)
+            if obj is not _NOT_FAST:
+                return obj
+        if short and body.isascii():
+            # Every key is ASCII and every integer has at most 15 digits: the checks the hooks
+            # below make per key and per integer cannot fail.
             obj = json.loads(body.decode("ascii"), parse_float=_no_float,
                              parse_constant=_no_float)
         else:

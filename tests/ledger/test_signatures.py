@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import sqlite3
 import time
@@ -466,3 +467,69 @@ def test_parse_canonical_agrees_with_the_hooks_on_every_body(value: Any) -> None
             return ("refused", e.code)
 
     assert outcome(parse_canonical) == outcome(_parse_with_hooks)
+
+
+_escapes = st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=6) | st.sampled_from(
+    ["\x00\x1f\x7f", "\"\\/", "\u2028", "\b\f\n\r\t", "林\":", "碳\\n", "é"])
+_body_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**60, 2**60) | _escapes
+    | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(["1.5", ":12.5", "é"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=4) | _escapes, inner,
+        max_size=4),
+    max_leaves=10)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_body_values, st.sampled_from(["canonical", "spaced", "unsorted", "escaped", "repeated"]))
+def test_msgspecs_way_gives_json_verdict_on_every_body(value: Any, form: str) -> None:
+    """parse_canonical's msgspec way (no float, no non-ASCII key, no 16-digit run) parses or
+    refuses every body as json with every hook does: canonical ones, and ones with white
+    space, keys out of order, escaped non-ASCII or a key twice. On a canonical body with ASCII
+    keys it is the way taken."""
+    from ledger.signing import _NOT_FAST, _parsed_if_canonical, parse_canonical
+
+    text = json.dumps(value, ensure_ascii=form == "escaped", sort_keys=form != "unsorted",
+                      separators=(", ", ": ") if form == "spaced" else (",", ":"))
+    if form == "repeated" and text.startswith("{") and len(text) > 2:
+        text = text[:-1] + ',"":0}' if text.endswith("}") else text
+        text = '{"":1,' + text[1:]
+    body = text.encode("utf-8", "surrogatepass")
+
+    def outcome(parse: Any) -> Any:
+        try:
+            return ("ok", parse(body))
+        except DomainError as e:
+            return ("refused", e.code)
+        except UnicodeDecodeError:
+            return ("refused", "invalid_argument")
+
+    assert outcome(parse_canonical) == outcome(_parse_with_hooks)
+    if re.search(rb"[0-9]{16}", body):
+        return  # (parse_canonical does not ask msgspec)
+    fast = _parsed_if_canonical(body)
+    if fast is not _NOT_FAST:
+        assert outcome(_parse_with_hooks) == ("ok", fast)
+    if (form == "canonical" and not any(type(v) is float for v in _leaves(value))
+            and all(k.isascii() for k in _keys(value))):
+        assert fast == value  # json's canonical text is msgspec's, escapes and all
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _keys(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        yield from value
+        for v in value.values():
+            yield from _keys(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _keys(v)

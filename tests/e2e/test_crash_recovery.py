@@ -56,7 +56,7 @@ FF = TICKETS["FFCER"]
 LOAD_COMMANDS = 60
 KILL_AFTER_ACKS = 20
 LOAD_BUDGET_S = 90.0
-BATCHES = 10
+BATCHES = 20  # (each seller's 5,000 FFCER cover its 7 batches of 500)
 BATCH_SIZE = 500
 KILL_AFTER_BATCHES = 3
 WAIT_S = 90.0
@@ -242,7 +242,9 @@ def test_batch_import_killed_mid_way(store_url: str, tmp_path: Path) -> None:
         importer.start()
         _wait_for(lambda: len(_lines(acks)) >= KILL_AFTER_BATCHES or not importer.is_alive(),
                   WAIT_S, f"{KILL_AFTER_BATCHES} acknowledged batches")
-        time.sleep(random.Random().uniform(0.0, 0.2))  # somewhere inside the next batch
+        # somewhere inside the next batch or so: a batch of 500 takes a few tens of ms, and
+        # the import must still be running when it is killed
+        time.sleep(random.Random().uniform(0.0, 0.05))
         assert importer.is_alive(), f"the import ended before it was killed ({importer.exitcode})"
         os.kill(importer.pid, signal.SIGKILL)
         importer.join(timeout=30)

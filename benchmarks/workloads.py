@@ -512,7 +512,9 @@ def audit(db: Path, sizes: Sizes) -> list[Row]:
         notes += (f"; the median of {len(runs)} runs, each in its own process, in order: "
                   + ", ".join(f"{fmt_int(run['events_per_s'])}/s ({run['seconds']:.1f} s; CPU "
                               f"{run['main_cpu_s']:.1f} s replaying + {run['children_cpu_s']:.1f} s "
-                              f"helpers; Ed25519 {fmt_int(run['verify_per_s_one_core'])}/s a core)"
+                              f"helpers, {run.get('others_cpu_s', 0):.1f} s other processes, "
+                              f"{run.get('steal_s', 0):.1f} s stolen; Ed25519 "
+                              f"{fmt_int(run['verify_per_s_one_core'])}/s a core)"
                               for run in runs))
     return [Row(
         f"full verify (audit_database, {fmt_int(r['size'])} events)", r["events_per_s"],

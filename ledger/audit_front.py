@@ -25,7 +25,6 @@ list) still passes and a real difference still fails with the same message.
 from __future__ import annotations
 
 import gc
-import marshal
 import os
 import pickle
 import signal
@@ -499,8 +498,7 @@ def _reader_main(source: Any, checkpoints: list[tuple[int, bytes, bytes]], data:
 
     def flush() -> None:
         if pending:
-            data.send_bytes(pickle.dumps(list(map(_marshalled, pending)),
-                                         protocol=pickle.HIGHEST_PROTOCOL))
+            data.send_bytes(pickle.dumps(pending, protocol=pickle.HIGHEST_PROTOCOL))
             pending.clear()
         while ctrl.poll():  # the auditor stopped early and wants a root, or wants us gone
             _serve(front, data, ctrl)
@@ -530,20 +528,6 @@ def _reader_main(source: Any, checkpoints: list[tuple[int, bytes, bytes]], data:
 
 class _Done(Exception):
     pass
-
-
-def _marshalled(item: Item) -> Item:
-    """The item as the reader sends it: a group's events (a million tuples of strings, ints and
-    bytes in a long log) as one marshal string, which is written and read in about a third of
-    the time pickle takes over them, and which pickle then copies as it is. Events marshal
-    cannot write (a value decoded from a record, an exception) are sent as they are.
-    (FrontProcess.items reads them back; both processes run this Python.)"""
-    if type(item) is Group:
-        try:
-            return item._replace(events=marshal.dumps(item.events))
-        except ValueError:
-            pass
-    return item
 
 
 def _serve(front: Front, data: Any, ctrl: Any) -> None:
@@ -615,10 +599,7 @@ class FrontProcess:
                                          f"(exit code {self._proc.exitcode})"))
                 return
             chunk = pickle.loads(payload)
-            for item in chunk:
-                if type(item) is Group and type(item.events) is bytes:
-                    item = item._replace(events=marshal.loads(item.events))
-                yield item
+            yield from chunk
             if chunk and isinstance(chunk[-1], (Stop, Raise, End)):
                 return
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import gc
 import io
 import json
-import marshal
 import pickle
 import signal
 from bisect import bisect_left
@@ -372,22 +371,15 @@ class TreeProcess:
         return self._final[0]
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        # The changes are lists of tuples of ints and strings (and bytes): marshal writes and
-        # reads those in about half the time pickle takes (both processes run this Python).
-        # Anything marshal cannot write (a block of other values) is pickled, without a memo
-        # (`fast`: the changes share nothing, and a memo of every tuple costs more than it saves).
-        message = (message[0], tuple(message[1]), *message[2:])  # Changes: a plain tuple
+        # Pickled without a memo (`fast`): the changes are lists of tuples of ints and strings,
+        # shared by nothing and containing nothing of their own, and keeping a memo of every
+        # tuple and string costs more than writing a repeated holder's name out again.
+        out = io.BytesIO()
+        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.fast = True
         try:
-            payload: Any = _MARSHALLED + marshal.dumps(message)
-        except ValueError:
-            out = io.BytesIO()
-            out.write(_PICKLED)
-            pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
-            pickler.fast = True
             pickler.dump(message)
-            payload = out.getbuffer()
-        try:
-            self._requests.send_bytes(payload)
+            self._requests.send_bytes(out.getbuffer())
         except OSError:  # BrokenPipeError: it is gone
             self._gone()
 
@@ -424,7 +416,7 @@ def _tree_main(requests: Any, answers: Any, parents_ends: tuple[Any, ...]) -> No
     broken = ""  # a RuntimeError of the tree's own: told with the final answer, in its place
     try:
         while True:
-            message = _received(requests.recv_bytes())
+            message = pickle.loads(requests.recv_bytes())
             if broken:
                 if message[0] != "update":
                     answers.send_bytes(pickle.dumps((b"", [], broken)))
@@ -444,16 +436,6 @@ def _tree_main(requests: Any, answers: Any, parents_ends: tuple[Any, ...]) -> No
                     answers.send_bytes(pickle.dumps((b"", [], broken)))
     except (EOFError, OSError):
         return
-
-
-_MARSHALLED, _PICKLED = b"m", b"p"
-
-
-def _received(payload: bytes) -> tuple[Any, ...]:
-    """A message as TreeProcess._send sent it, with its changes as Changes again."""
-    view = memoryview(payload)[1:]
-    message = marshal.loads(view) if payload[:1] == _MARSHALLED else pickle.loads(view)
-    return (message[0], Changes(*message[1]), *message[2:])
 
 
 def _rehash(levels: list[list[bytes]], leaves: list[bytes], changed: list[int],

@@ -133,6 +133,15 @@ def environment(url: str) -> dict[str, str]:
                      "postgresql://USER@HOST:PORT/DBNAME")
 
 
+def _hex_id_bytes(stored_id: Any) -> bytes:
+    """The 16 bytes of an id stored as hex text; b"" for anything else (the record's bytes then
+    differ from the ones its chain value covers)."""
+    try:
+        return bytes.fromhex(stored_id) if type(stored_id) is str else b""
+    except ValueError:
+        return b""
+
+
 class LedgerTables:
     """What both recorders add to `eventsourcing`'s: the chain, the read set, checkpoints."""
 
@@ -287,11 +296,25 @@ class LedgerTables:
         """What select_records gives, as plain tuples (position, originator id's 16 bytes,
         version, topic, state, chain): the audit's reader, which needs the id's bytes only (for
         the record's bytes) and makes a million of these, skips the UUIDs and the records."""
-        rows = self._select_range(f"{self.POS}, originator_id, originator_version, topic, state, "
-                                  "chain", [], start, limit, stop, tuples=True)
-        id_bytes = self._id_bytes
-        return [(position, id_bytes(oid), version, topic, bytes(state), bytes(chain or b""))
-                for position, oid, version, topic, state, chain in rows]
+        rows = self._select_range(f"{self.POS}, originator_id, originator_version, topic, "
+                                  f"{self.RECORD_BYTES}", [], start, limit, stop, tuples=True)
+        return self._record_rows(rows)
+
+    # SQLite keeps a value of any type in any column: a damaged file may hold text or a number
+    # where the state's or chain's bytes belong. Read as bytes, such a record fails the hash
+    # chain at its position (where text that is not UTF-8 would stop the read itself).
+    RECORD_BYTES = "CAST(state AS BLOB), CAST(chain AS BLOB)"
+
+    @staticmethod
+    def _record_rows(rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes, int, str, bytes, bytes]]:
+        """select_record_rows' tuples from SQLite's rows, which hold the id as hex text."""
+        fromhex = bytes.fromhex
+        try:
+            return [(position, fromhex(oid), version, topic, state, chain or b"")
+                    for position, oid, version, topic, state, chain in rows]
+        except (TypeError, ValueError):  # an id that is not hex text, in a damaged file
+            return [(position, _hex_id_bytes(oid), version, topic, state, chain or b"")
+                    for position, oid, version, topic, state, chain in rows]
 
     def select_leaf_hashes(self, start: int, limit: int, stop: int | None = None) -> list[bytes]:
         """The leaf hashes of the records with positions >= start (and <= stop), in log order:
@@ -514,6 +537,13 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
 
     def _id_bytes(self, stored_id: Any) -> bytes:
         return stored_id.bytes
+
+    RECORD_BYTES = "state, chain"  # (typed columns: bytea)
+
+    @staticmethod
+    def _record_rows(rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes, int, str, bytes, bytes]]:
+        return [(position, oid.bytes, version, topic, bytes(state), bytes(chain or b""))
+                for position, oid, version, topic, state, chain in rows]
 
     @contextmanager
     def _reading(self, tuples: bool = False) -> Iterator[Any]:

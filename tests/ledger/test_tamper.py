@@ -225,6 +225,23 @@ def test_flipped_chain_byte_is_found_at_its_position(con: sqlite3.Connection, db
     assert "does not match the hash chain" in what
 
 
+@pytest.mark.parametrize("column, value", [("state", "'x'"), ("chain", "42"),
+                                           ("originator_id", "'not hex'"),
+                                           ("originator_id", "X'00112233'")])
+def test_a_value_of_another_type_is_found_at_its_position(con: sqlite3.Connection, db: Path,
+                                                          demo_db: Demo, column: str,
+                                                          value: str) -> None:
+    """SQLite keeps a value of any type in any column: text or a number where a record's bytes
+    belong, or an id that is not hex text, fails the hash chain at its record (the audit neither
+    stops reading nor raises)."""
+    position = positions_of(con, "domain.ticket:Ticket.Transferred")[0]
+    con.execute(f"UPDATE stored_events SET {column} = {value} WHERE rowid = ?", (position,))
+    con.commit()
+    at, what = failure(audit(db, demo_db.operator_key))
+    assert at == position
+    assert "does not match the hash chain" in what
+
+
 def test_deleted_record_in_the_middle_is_named_missing(con: sqlite3.Connection, db: Path,
                                                        demo_db: Demo) -> None:
     position = positions_of(con, "domain.trade:Trade.Settled")[2]

@@ -540,9 +540,9 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
 
     RECORD_BYTES = "state, chain"  # (typed columns: bytea)
 
-    @staticmethod
-    def _record_rows(rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes, int, str, bytes, bytes]]:
-        return [(position, oid.bytes, version, topic, bytes(state), bytes(chain or b""))
+    def _record_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes, int, str, bytes, bytes]]:
+        id_bytes = self._id_bytes
+        return [(position, id_bytes(oid), version, topic, bytes(state), bytes(chain or b""))
                 for position, oid, version, topic, state, chain in rows]
 
     @contextmanager

@@ -94,41 +94,55 @@ def _fields(event_class: type[Any]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(event_class))
 
 
-def _maker(event_class: type[Any]) -> Callable[..., dict[str, Any]]:
-    """A function that takes an event class's fields by keyword and returns them as a dict in
-    the class's dataclass order, as its __init__ sets them; TypeError for a missing or an
-    unknown field (Python binds the keywords: no dicts are merged or walked per event)."""
+_FIXED = ("originator_id", "originator_version", "originator_topic")  # given by position
+_NOW = object()  # a maker's timestamp when none is given: the class's own is made
+
+
+def _maker(event_class: type[Any]) -> Callable[..., Any]:
+    """make(originator_id, originator_version[, originator_topic], **fields): an event of the
+    class with its fields in dataclass order, as its __init__ sets them, dated as the class
+    dates its events unless `timestamp` is given; TypeError for a field missing, unknown or
+    given twice. Made once per class from its field names, so Python binds the keywords: no
+    dicts are merged or walked per event."""
     names = _fields(event_class)
     if not all(name.isidentifier() and not keyword.iskeyword(name) for name in names):
         raise TypeError(f"{event_class.__qualname__} has a field that is not a name")
-    source = (f"def make(*, {', '.join(names)}):\n"
-              f"    return {{{', '.join(f'{name!r}: {name}' for name in names)}}}\n")
-    space: dict[str, Any] = {}
+    fixed = [name for name in _FIXED if name in names]
+    rest = [name for name in names if name not in fixed and name != "timestamp"]
+    keywords = rest + (["timestamp=_NOW"] if "timestamp" in names else [])
+    params = ", ".join(fixed) + (", /" if fixed else "") + (
+        (", *, " if fixed else "*, ") + ", ".join(keywords) if keywords else "")
+    source = (f"def make({params}):\n"
+              # the class's create_timestamp, looked up per event as the library does: the
+              # library's own is datetime.now in its time zone
+              + ("    if timestamp is _NOW:\n"
+                 "        timestamp = (_now(_library.TZINFO) if cls.create_timestamp is _LIBRARY\n"
+                 "                     else cls.create_timestamp())\n"
+                 if "timestamp" in names else "")
+              + "    event = _new(cls)\n"
+              + f"    _set(event, '__dict__', {{{', '.join(f'{name!r}: {name}' for name in names)}}})\n"
+              + "    return event\n")
+    space: dict[str, Any] = {"_NOW": _NOW, "_now": _datetime_now, "_library": _library,
+                             "_LIBRARY": _LIBRARY_TIMESTAMP,
+                             "_new": object.__new__, "_set": object.__setattr__,
+                             "cls": event_class}
     exec(source, space)  # noqa: S102 - the source is made of the class's own field names
     make = _makers[event_class] = space["make"]
     return make
 
 
-_makers: dict[type[Any], Callable[..., dict[str, Any]]] = {}
+_makers: dict[type[Any], Callable[..., Any]] = {}
 
 
-def _new_event(event_class: type[Any], fixed: dict[str, Any], given: dict[str, Any]) -> Any:
-    """An event of `event_class` with the fields in its dataclass order, as its __init__ sets
-    them; TypeError for a missing or an unknown field, as __init__ would raise."""
+def _new_event(event_class: type[Any], fixed: tuple[Any, ...], given: dict[str, Any]) -> Any:
+    """An event of `event_class` from its originator id, version (and topic, for a created
+    event) and its other fields: see _maker. TypeError for a missing or an unknown field, as
+    __init__ would raise."""
     make = _makers.get(event_class) or _maker(event_class)
     try:
-        if "timestamp" in given:
-            state = make(**fixed, **given)
-        else:
-            state = make(**fixed, **given, timestamp=(
-                _datetime_now(_library.TZINFO)  # what the library's create_timestamp does
-                if event_class.create_timestamp is _LIBRARY_TIMESTAMP
-                else event_class.create_timestamp()))
+        return make(*fixed, **given)
     except TypeError:  # a field missing, unknown or given twice: named as __init__ names it
-        return _new_event_checked(event_class, fixed, given)
-    event = object.__new__(event_class)
-    object.__setattr__(event, "__dict__", state)
-    return event
+        return _new_event_checked(event_class, dict(zip(_FIXED, fixed, strict=False)), given)
 
 
 def _new_event_checked(event_class: type[Any], fixed: dict[str, Any], given: dict[str, Any]) -> Any:
@@ -227,8 +241,7 @@ class LedgerAggregate(Aggregate):
         state = self.__dict__
         if "_shared" in state:
             self._own_containers()
-        event = _new_event(event_class, {"originator_id": state["_id"],
-                                         "originator_version": state["_version"] + 1}, given)
+        event = _new_event(event_class, (state["_id"], state["_version"] + 1), given)
         event.mutate(self)
         state["_pending_events"].append(event)
 
@@ -244,8 +257,7 @@ class LedgerAggregate(Aggregate):
     def _create_with(cls, event_class: type[Any], id: Any, given: dict[str, Any]) -> Any:  # noqa: A002
         """_create with the event's fields (but the id) in a dict of the caller's own, which
         becomes no one else's: the same aggregate, one dict fewer (a trade per transfer)."""
-        event = _new_event(event_class, {"originator_id": id, "originator_version": 1,
-                                         "originator_topic": get_topic(cls)}, given)
+        event = _new_event(event_class, (id, 1, get_topic(cls)), given)
         agg = event.mutate(None)
         agg._pending_events.append(event)
         return agg

@@ -183,8 +183,10 @@ class LedgerAggregate(Aggregate):
             """The library's CanMutateAggregate.mutate (the same checks, the same changes), with
             the aggregate's attributes read and set directly rather than through its properties."""
             state = aggregate.__dict__
-            if self.originator_id != state["_id"]:
-                raise OriginatorIDError(self.originator_id, state["_id"])
+            originator_id = self.originator_id
+            # (the same object, for an event the aggregate triggered: no UUID.__eq__ call)
+            if originator_id is not state["_id"] and originator_id != state["_id"]:
+                raise OriginatorIDError(originator_id, state["_id"])
             if self.originator_version != state["_version"] + 1:
                 raise OriginatorVersionError(self.originator_version, state["_version"] + 1)
             self.apply(aggregate)

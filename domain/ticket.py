@@ -200,10 +200,8 @@ class Ticket(LedgerAggregate):
 
     def transfer(self, *, ranges, trade_id: str, exchange: str, seller: str, buyer: str,
                  actor: str, command_id: str) -> None:
-        # (_emit's fields, as one dict: a transfer is the commonest event)
-        self._trigger(self.Transferred, {"actor": actor, "command_id": command_id,
-                                         "trade_id": trade_id, "exchange": exchange,
-                                         "seller": seller, "buyer": buyer, "ranges": ranges})
+        self._emit(self.Transferred, actor, command_id, trade_id=trade_id, exchange=exchange,
+                   seller=seller, buyer=buyer, ranges=ranges)
 
     def pledge(self, *, ranges, pledge_id: str, pledgor: str, actor: str, command_id: str) -> None:
         self._emit(self.Pledged, actor, command_id, pledge_id=pledge_id, pledgor=pledgor, ranges=ranges)

@@ -465,6 +465,11 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
             report = audit_export(Path(args.file), args.operator_key, args.workers, update)
     except RuntimeError as e:
         return _audit_incomplete(e, args.json)
+    except DomainError:
+        raise  # the file cannot be read: an error with its code
+    except Exception as e:  # noqa: BLE001 - a file the audit cannot cope with gets no verdict, not a traceback
+        return _audit_incomplete(RuntimeError(f"it stopped on {type(e).__name__}: {e} (please "
+                                              "report this with the file)"), args.json)
     return _print_audit(report, args.json)
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from domain import commands as C
 from domain.errors import CODES, DomainError
 from domain.genesis import Genesis
+from ledger import as_of as as_of_values
 from ledger import demo as demo_story
 from ledger.application import Registry
 from ledger.audit import AuditReport, audit_database, audit_export, export
@@ -173,7 +174,13 @@ def _summary(outcome: dict[str, Any]) -> str:
 
 
 def _as_of(args: argparse.Namespace, app: Registry):
-    return app.projection(as_of=args.as_of)
+    found = as_of_values.resolve(app.recorder, args.as_of)
+    if found is not None and found.moment is not None:
+        err.print(f"as of {args.as_of} ({found.moment.isoformat()}): log position "
+                  f"{found.position:,}, the last command recorded by then"
+                  + (f" (at {found.recorded_at.astimezone(as_of_values.CHINA).isoformat()})"
+                     if found.recorded_at else ""))
+    return app.projection(as_of=None if found is None else found.position)
 
 
 def _remote(args: argparse.Namespace) -> Any:
@@ -615,8 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--as", dest="actor", default=None, metavar="PARTICIPANT",
                         help="with --url: sign as this participant (its key from --keys)")
     as_of = argparse.ArgumentParser(add_help=False)
-    as_of.add_argument("--as-of", type=int, default=None, metavar="N",
-                       help="answer as of log position N")
+    as_of.add_argument("--as-of", default=None, metavar="WHEN",
+                       help="answer as of a log position, or an ISO 8601 date or date-time "
+                       "(2023-12-31 is the end of that day; without an offset, UTC+08:00)")
 
     parser = argparse.ArgumentParser(
         prog="carbon-ledger", parents=[common],

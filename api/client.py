@@ -141,10 +141,11 @@ class Client:
         response = self.http.send(self.http.build_request("GET", path, params=params, headers=headers))
         return self._result(response)
 
-    def balances(self, holder: str, as_of: int | None = None) -> dict[str, Any]:
+    def balances(self, holder: str, as_of: int | str | None = None) -> dict[str, Any]:
+        """as_of: a log position or an ISO 8601 date or date-time (docs/api.md)."""
         return self.get(f"/v1/accounts/{holder}/balances", {"as_of": as_of})
 
-    def ticket(self, ticket_no: str, as_of: int | None = None) -> dict[str, Any]:
+    def ticket(self, ticket_no: str, as_of: int | str | None = None) -> dict[str, Any]:
         return self.get(f"/v1/tickets/{ticket_no}", {"as_of": as_of})
 
     def pledge_view(self, pledge_id: str) -> dict[str, Any]:
@@ -153,8 +154,9 @@ class Client:
     def pledge_proof(self, pledge_id: str) -> dict[str, Any]:
         return self.get(f"/v1/pledges/{pledge_id}/proof")
 
-    def compliance(self, entity: str, scheme: str, period: str) -> dict[str, Any]:
-        return self.get(f"/v1/compliance/{entity}/{scheme}/{period}")
+    def compliance(self, entity: str, scheme: str, period: str,
+                   as_of: int | str | None = None) -> dict[str, Any]:
+        return self.get(f"/v1/compliance/{entity}/{scheme}/{period}", {"as_of": as_of})
 
     def latest_checkpoint(self) -> dict[str, Any]:
         return self.get("/v1/checkpoints/latest", signed=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from api import cli_writes
 from domain import commands as C
 from domain.errors import CODES, DomainError
 from domain.genesis import Genesis
@@ -605,6 +607,13 @@ def _refuse_float(text: str) -> Any:
 
 # Parsing -------------------------------------------------------------------------------------
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("carbon-ledger")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS,
@@ -629,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="carbon-ledger", parents=[common],
         description="An event-sourced, verifiable registry of forestry carbon tickets (林业碳票).")
+    parser.add_argument("--version", action="version", version=f"carbon-ledger {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common, reads], help="create an empty registry")
@@ -748,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="execute a command given as JSON (file or - for stdin)")
     p.add_argument("file")
     p.set_defaults(func=cmd_submit)
+    cli_writes.add_verbs(sub, common)
     return parser
 
 

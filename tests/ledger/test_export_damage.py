@@ -42,6 +42,11 @@ class Export:
         start, end = self.items[i]
         return self.data[start:end]
 
+    def duplicated(self, i: int) -> bytes:
+        """The export with item i listed twice in a row."""
+        _, end = self.items[i]
+        return self.data[:end] + self.item(i) + self.data[end:]
+
     def without(self, i: int) -> bytes:
         start, end = self.items[i]
         return self.data[:start] + self.data[end:]
@@ -136,9 +141,8 @@ def test_the_undamaged_exports_verify(demo_export: Export, other_export: Export,
 def test_a_checkpoint_listed_twice_is_named_at_its_size(demo_export: Export, tmp_path: Path) -> None:
     i = demo_export.kinds().index("c")
     size = msgpack.unpackb(demo_export.item(i))[1]
-    start, end = demo_export.items[i]
-    data = demo_export.data[:end] + demo_export.item(i) + demo_export.data[end:]
-    failure = verdict(tmp_path, data, demo_export.operator_key).failure
+    _, end = demo_export.items[i]
+    failure = verdict(tmp_path, demo_export.duplicated(i), demo_export.operator_key).failure
     assert failure.position == size
     assert f"the checkpoint at size {size} is listed twice" in failure.what
     assert f"byte {end:,}" in failure.what
@@ -148,9 +152,7 @@ def test_a_cosignature_listed_twice_is_named_at_its_size(demo_export: Export,
                                                          tmp_path: Path) -> None:
     i = demo_export.kinds().index("w")
     size = msgpack.unpackb(demo_export.item(i))[1]
-    _, end = demo_export.items[i]
-    data = demo_export.data[:end] + demo_export.item(i) + demo_export.data[end:]
-    failure = verdict(tmp_path, data, demo_export.operator_key).failure
+    failure = verdict(tmp_path, demo_export.duplicated(i), demo_export.operator_key).failure
     assert failure.position == size
     assert f"fujian-eco's cosignature of the checkpoint at size {size} is listed twice" in failure.what
 
@@ -250,9 +252,7 @@ def damaged(draw: st.DrawFn, demo: Export, other: Export) -> bytes:
     how = draw(st.sampled_from(["duplicate", "drop", "swap", "truncate", "flip", "splice items",
                                 "splice bytes", "garbage", "garbage after the header", "huge"]))
     if how == "duplicate":
-        i = draw(st.integers(0, n - 1))
-        _, end = e.items[i]
-        return e.data[:end] + e.item(i) + e.data[end:]
+        return e.duplicated(draw(st.integers(0, n - 1)))
     if how == "drop":
         # A checkpoint or a cosignature may go unnoticed (an export proves what it holds, not
         # that it is whole: docs/audit.md); the header, a record and the end may not.
@@ -298,9 +298,7 @@ def damaged(draw: st.DrawFn, demo: Export, other: Export) -> bytes:
 def test_any_damage_gets_a_verdict_with_a_position(demo_export: Export, other_export: Export,
                                                    tmp_path: Path, data: st.DataObject) -> None:
     if data is None:
-        i = demo_export.kinds().index("c")
-        _, end = demo_export.items[i]
-        damaged_bytes = demo_export.data[:end] + demo_export.item(i) + demo_export.data[end:]
+        damaged_bytes = demo_export.duplicated(demo_export.kinds().index("c"))
     else:
         damaged_bytes = data.draw(damaged(demo_export, other_export))
     verdict(tmp_path, damaged_bytes, demo_export.operator_key)

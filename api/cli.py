@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 import time
@@ -14,9 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from api import cli_writes
 from domain import commands as C
 from domain.errors import CODES, DomainError
 from domain.genesis import Genesis
+from ledger import as_of as as_of_values
 from ledger import demo as demo_story
 from ledger.application import Registry
 from ledger.audit import AuditReport, audit_database, audit_export, export
@@ -173,7 +176,13 @@ def _summary(outcome: dict[str, Any]) -> str:
 
 
 def _as_of(args: argparse.Namespace, app: Registry):
-    return app.projection(as_of=args.as_of)
+    found = as_of_values.resolve(app.recorder, args.as_of)
+    if found is not None and found.moment is not None:
+        err.print(f"as of {args.as_of} ({found.moment.isoformat()}): log position "
+                  f"{found.position:,}, the last command recorded by then"
+                  + (f" (at {found.recorded_at.astimezone(as_of_values.CHINA).isoformat()})"
+                     if found.recorded_at else ""))
+    return app.projection(as_of=None if found is None else found.position)
 
 
 def _remote(args: argparse.Namespace) -> Any:
@@ -465,6 +474,11 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
             report = audit_export(Path(args.file), args.operator_key, args.workers, update)
     except RuntimeError as e:
         return _audit_incomplete(e, args.json)
+    except DomainError:
+        raise  # the file cannot be read: an error with its code
+    except Exception as e:  # noqa: BLE001 - a file the audit cannot cope with gets no verdict, not a traceback
+        return _audit_incomplete(RuntimeError(f"it stopped on {type(e).__name__}: {e} (please "
+                                              "report this with the file)"), args.json)
     return _print_audit(report, args.json)
 
 
@@ -593,6 +607,13 @@ def _refuse_float(text: str) -> Any:
 
 # Parsing -------------------------------------------------------------------------------------
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("carbon-ledger")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS,
@@ -610,12 +631,14 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--as", dest="actor", default=None, metavar="PARTICIPANT",
                         help="with --url: sign as this participant (its key from --keys)")
     as_of = argparse.ArgumentParser(add_help=False)
-    as_of.add_argument("--as-of", type=int, default=None, metavar="N",
-                       help="answer as of log position N")
+    as_of.add_argument("--as-of", default=None, metavar="WHEN",
+                       help="answer as of a log position, or an ISO 8601 date or date-time "
+                       "(2023-12-31 is the end of that day; without an offset, UTC+08:00)")
 
     parser = argparse.ArgumentParser(
         prog="carbon-ledger", parents=[common],
         description="An event-sourced, verifiable registry of forestry carbon tickets (林业碳票).")
+    parser.add_argument("--version", action="version", version=f"carbon-ledger {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common, reads], help="create an empty registry")
@@ -735,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="execute a command given as JSON (file or - for stdin)")
     p.add_argument("file")
     p.set_defaults(func=cmd_submit)
+    cli_writes.add_verbs(sub, common)
     return parser
 
 

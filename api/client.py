@@ -13,9 +13,10 @@ twice. Refusals raise ApiError with the registry's stable code.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api.http_signatures import sign_request
 from api.routes import path_for
-from ledger.signing import canonical_json
+from ledger.signing import Signature, canonical_json
 
 RETRIES = 3
 RETRY_BACKOFF_S = 0.2
@@ -49,6 +50,7 @@ class Client:
         self.key = key
         self.clock = clock
         self.http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
+        self.last_response: httpx.Response | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -63,8 +65,12 @@ class Client:
 
     def command(self, name: str, args: dict[str, Any], command_id: str | None = None, *,
                 consents: list[Ed25519PrivateKey] | None = None,
+                consent_signatures: Sequence[Signature] = (),
                 path: tuple[str, str] | None = None) -> dict[str, Any]:
-        """Sign and send one command; retried on network failures with the same command id."""
+        """Sign and send one command; retried on network failures with the same command id.
+        `consents`: keys that sign a consent now; `consent_signatures`: consents signed
+        before, by parties whose keys are elsewhere (`carbon-ledger consent`). The response
+        (its X-Log-Position and Idempotent-Replayed headers) is kept in `last_response`."""
         if self.key is None or self.participant_id is None:
             raise ValueError("a write needs the participant id and its private key")
         command_id = command_id or default_command_id(name, self.participant_id, args)
@@ -75,6 +81,10 @@ class Client:
         for attempt in range(RETRIES):
             headers = sign_request(self.key, method=method, path=url, body=body,
                                    created=int(self.clock()), consents=consents)
+            for i, sig in enumerate(consent_signatures, start=len(consents or ()) + 2):
+                params = sig.base.rsplit('"@signature-params": ', 1)[-1]
+                headers["Signature-Input"] += f", sig{i}={params}"
+                headers["Signature"] += f", sig{i}=:{base64.b64encode(sig.signature).decode()}:"
             headers["Content-Type"] = "application/json"
             try:
                 response = self.http.request(method, url, content=body, headers=headers)
@@ -82,6 +92,7 @@ class Client:
                 last = e
                 time.sleep(RETRY_BACKOFF_S * (attempt + 1))
                 continue
+            self.last_response = response
             if response.status_code >= 500:
                 last = ApiError(response.status_code, "server_error", response.text[:200], {})
                 time.sleep(RETRY_BACKOFF_S * (attempt + 1))
@@ -141,10 +152,11 @@ class Client:
         response = self.http.send(self.http.build_request("GET", path, params=params, headers=headers))
         return self._result(response)
 
-    def balances(self, holder: str, as_of: int | None = None) -> dict[str, Any]:
+    def balances(self, holder: str, as_of: int | str | None = None) -> dict[str, Any]:
+        """as_of: a log position or an ISO 8601 date or date-time (docs/api.md)."""
         return self.get(f"/v1/accounts/{holder}/balances", {"as_of": as_of})
 
-    def ticket(self, ticket_no: str, as_of: int | None = None) -> dict[str, Any]:
+    def ticket(self, ticket_no: str, as_of: int | str | None = None) -> dict[str, Any]:
         return self.get(f"/v1/tickets/{ticket_no}", {"as_of": as_of})
 
     def pledge_view(self, pledge_id: str) -> dict[str, Any]:
@@ -153,8 +165,9 @@ class Client:
     def pledge_proof(self, pledge_id: str) -> dict[str, Any]:
         return self.get(f"/v1/pledges/{pledge_id}/proof")
 
-    def compliance(self, entity: str, scheme: str, period: str) -> dict[str, Any]:
-        return self.get(f"/v1/compliance/{entity}/{scheme}/{period}")
+    def compliance(self, entity: str, scheme: str, period: str,
+                   as_of: int | str | None = None) -> dict[str, Any]:
+        return self.get(f"/v1/compliance/{entity}/{scheme}/{period}", {"as_of": as_of})
 
     def latest_checkpoint(self) -> dict[str, Any]:
         return self.get("/v1/checkpoints/latest", signed=False)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Any
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import (
@@ -44,6 +44,7 @@ from domain import commands as C
 from domain.errors import DomainError
 from domain.trade import Trade
 from domain.values import yuan
+from ledger import as_of as as_of_values
 from ledger.application import Registry
 from ledger.checkpoints import b64, checkpoint_json, unb64, verify_cosignature
 from ledger.keys import Keyring, default_keys_dir, verify
@@ -575,6 +576,12 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     ok = {200: {"description": "the resource", "content": {"application/json": {"schema": _OUTCOME_SCHEMA}}}}
     read_responses = {**responses(400, 401, 403, 404), **ok}
 
+    def as_of_position(as_of: str | None = Query(
+            None, description="answer as of a log position, or an ISO 8601 date or date-time "
+            "(2023-12-31 is the end of that day; without an offset, UTC+08:00)")) -> int | None:
+        """The as_of of every read that looks back, resolved by ledger.as_of."""
+        return as_of_values.position(reg().recorder, as_of)
+
     @app.get("/healthz", summary="Liveness and log position", responses=ok)
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "position": reg().log_position(), "worker": os.getpid()}
@@ -599,7 +606,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     @app.get("/v1/tickets/{ticket_no}", summary="A ticket's supply and serial blocks (public)",
              responses=read_responses)
-    def get_ticket(ticket_no: str, as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
+    def get_ticket(ticket_no: str, as_of: int | None = Depends(as_of_position)) -> dict[str, Any]:
         return reg().view(lambda p: p.ticket(ticket_no), as_of=as_of)
 
     def ticket_parts(ticket_no: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -648,7 +655,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/accounts/{holder}/balances", summary="A holder's balances",
              responses=read_responses)
     def get_balances(request: Request, holder: str,
-                     as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
+                     as_of: int | None = Depends(as_of_position)) -> dict[str, Any]:
         caller = caller_of(request)
 
         def read(projection: Any) -> tuple[dict[str, Any], set[str], set[str]]:
@@ -680,7 +687,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/pledges", summary="The pledge register (a bank: its own; regulators: all)",
              responses=read_responses)
     def list_pledges(request: Request, bank: str | None = Query(None),
-                     as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> list[dict[str, Any]]:
+                     as_of: int | None = Depends(as_of_position)) -> list[dict[str, Any]]:
         caller = caller_of(request)
         if not caller.regulator:
             require(caller, caller.role == "bank" and bank in (None, caller.participant_id),
@@ -741,7 +748,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/compliance/{entity}/{scheme}/{period}", summary="Offset usage and headroom",
              responses=read_responses)
     def get_compliance(request: Request, entity: str, scheme: str, period: str,
-                       as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> dict[str, Any]:
+                       as_of: int | None = Depends(as_of_position)) -> dict[str, Any]:
         caller = caller_of(request)
         require(caller, caller.regulator or caller.participant_id == entity,
                 f"{entity}'s compliance account")

@@ -172,88 +172,186 @@ def _recorder_recipe(recorder: Any) -> Callable[[], Any] | None:
 
 _ITEM_SHAPES = {"r": (int, bytes, int, str, bytes, bytes), "c": (int, bytes, bytes),
                 "w": (int, str, str, bytes), "end": (int,)}
+_HEADER_FIELDS = {"format": str, "size": int, "exported_at": int}
+# An export holds its records, then its checkpoints, then their cosignatures, then the end.
+_SECTION = {"r": 1, "c": 2, "w": 3, "end": 4}
+_SECTION_NAME = {1: "the records", 2: "the checkpoints", 3: "the cosignatures", 4: "the end marker"}
+# No item holds more than 7 values and the header 3 fields: a larger length declared in a damaged
+# file is refused before anything is allocated for it (msgpack makes the list first).
+_UNPACK_LIMITS: dict[str, int] = {"max_buffer_size": 256 * 1024 * 1024, "max_array_len": 8,
+                                  "max_map_len": 8, "max_ext_len": 0}
+
+
+def _shaped(item: Any) -> bool:
+    shape = _ITEM_SHAPES.get(item[0]) if type(item) is list and item and type(item[0]) is str else None
+    return (shape is not None and len(item) == len(shape) + 1
+            and all(type(v) is t for v, t in zip(item[1:], shape, strict=True)))
+
+
+class _Damage(Exception):
+    def __init__(self, position: int, what: str) -> None:
+        super().__init__(what)
+        self.position = position
+        self.what = what
 
 
 class ExportSource:
-    """An export file: a msgpack stream of a header, records, checkpoints, cosignatures and an
-    end marker that counts the records. Anything else — a damaged item, a missing end, a count
-    that differs from the header's size, bytes after the end — refuses the whole file."""
+    """An export file (docs/audit.md): a header, the records, the checkpoints in order of size,
+    their cosignatures in order of size and witness, and an end marker that counts the records.
+
+    The file is read through once when the source is made. The first damage found — an item of
+    the wrong shape, out of its place or listed twice, a count that differs, no end marker, bytes
+    after it — is kept in `damage`, at the log position it concerns, and the source then gives
+    only what came before it: the audit checks that much, and the earlier failure is reported.
+    A file that cannot be read at all (missing, a folder, no permission) is a DomainError."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.header: dict[str, Any] = {}
+        self.damage: Failure | None = None
         self._checkpoints: list[tuple[int, bytes, bytes]] = []
         self._cosignatures: list[tuple[int, str, str, bytes]] = []
         self._size = 0
-        ended = False
-        for item in self._items():
-            if ended:
-                self._damaged("there are items after the end marker")
-            if item[0] == "c":
-                self._checkpoints.append((item[1], item[2], item[3]))
-            elif item[0] == "w":
-                self._cosignatures.append((item[1], item[2], item[3], item[4]))
-            elif item[0] == "r":
-                self._size += 1
-            elif item[0] == "end":
-                ended = True
-                if item[1] != self._size:
-                    self._damaged(f"the end marker counts {item[1]} records, the file holds "
-                                  f"{self._size}")
-        if not ended:
-            self._damaged("it has no end marker: the file was cut short")
-        if self.header.get("size") != self._size:
-            self._damaged(f"the header announces {self.header.get('size')} records, the file "
-                          f"holds {self._size}")
+        try:
+            self._scan()
+        except _Damage as d:
+            self.damage = Failure(max(d.position, 1), f"the export is damaged: {d.what}")
 
-    def _damaged(self, why: str) -> None:
-        raise DomainError("invalid_argument", f"{self.path} is not a carbon-ledger export, or is a "
-                          f"damaged one: {why}")
-
-    def _items(self) -> Iterator[Any]:
-        """Every item after the header, type-checked; the header is read into self.header."""
+    def _read(self) -> Iterator[tuple[int, Any]]:
+        """(byte offset, item) of every msgpack item in the file; _Damage where one cannot be
+        read, or the file ends inside one."""
         try:
             with open(self.path, "rb") as f:
-                unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=256 * 1024 * 1024)
-                first = True
-                for item in unpacker:
-                    if first:
-                        if not isinstance(item, dict) or item.get("format") != EXPORT_FORMAT:
-                            self._damaged("it does not begin with a carbon-ledger export header")
-                        self.header = item
-                        first = False
-                        continue
-                    if (not isinstance(item, list) or not item or item[0] not in _ITEM_SHAPES
-                            or len(item) != len(_ITEM_SHAPES[item[0]]) + 1
-                            or not all(type(v) is t for v, t in zip(item[1:], _ITEM_SHAPES[item[0]],
-                                                                     strict=True))):
-                        self._damaged(f"an item is malformed ({str(item)[:60]})")
-                    yield item
-                if first:
-                    self._damaged("it is empty")
-                if unpacker.tell() != f.seek(0, 2):
-                    self._damaged("its last item is cut short")
+                unpacker = msgpack.Unpacker(f, raw=False, **_UNPACK_LIMITS)
+                offset = 0
+                try:
+                    for item in unpacker:
+                        yield offset, item
+                        offset = unpacker.tell()
+                except (ValueError, msgpack.UnpackException) as e:
+                    raise _Damage(self._size + 1, f"the item at byte {offset:,} cannot be read "
+                                  f"({e})") from None
+                end = f.seek(0, 2)
+                if offset != end and offset == 0:
+                    raise _Damage(1, f"it ends at byte {end:,} inside its first item: it is not a "
+                                  "carbon-ledger export, or one cut short")
+                if offset != end:
+                    raise _Damage(self._size + 1, f"it ends at byte {end:,} inside an item that "
+                                  f"begins at byte {offset:,}: the file was cut short")
         except OSError as e:
             raise DomainError("invalid_argument", f"cannot read {self.path}: {e.strerror}") from None
-        except (ValueError, msgpack.UnpackException) as e:
-            self._damaged(str(e))
+
+    def _scan(self) -> None:
+        section = 0
+        ended_at: int | None = None
+        for offset, item in self._read():
+            at = f"(byte {offset:,})"
+            if section == 0:
+                self._read_header(item)
+                section = 1
+                continue
+            if ended_at is not None:
+                raise _Damage(self._size + 1, f"there is more after the end marker {at}")
+            if not _shaped(item):
+                raise _Damage(self._size + 1, f"the item at byte {offset:,} is malformed "
+                              f"({repr(item)[:60]})")
+            kind = item[0]
+            if _SECTION[kind] < section:
+                raise _Damage(self._size + 1, f"a {'record' if kind == 'r' else 'checkpoint' if kind == 'c' else 'cosignature'} "
+                              f"{at} comes after {_SECTION_NAME[section]}: an export holds its "
+                              "records, then its checkpoints, then their cosignatures")
+            section = _SECTION[kind]
+            if kind == "r":
+                self._size += 1
+            elif kind == "c":
+                self._checkpoint(item[1], item[2], item[3], at)
+            elif kind == "w":
+                self._cosignature(item[1], item[2], item[3], item[4], at)
+            else:
+                ended_at = offset
+                if item[1] != self._size:
+                    raise _Damage(min(item[1], self._size) + 1, f"the end marker counts "
+                                  f"{item[1]:,} records, the file holds {self._size:,}")
+        if section == 0:
+            raise _Damage(1, "the file is empty: it is not a carbon-ledger export")
+        if ended_at is None:
+            raise _Damage(self._size + 1, f"it has no end marker: the file was cut short after "
+                          f"{self._size:,} records")
+        if self.header["size"] != self._size:
+            raise _Damage(min(self.header["size"], self._size) + 1, f"the header announces "
+                          f"{self.header['size']:,} records, the file holds {self._size:,}")
+
+    def _read_header(self, item: Any) -> None:
+        if not isinstance(item, dict) or item.get("format") != EXPORT_FORMAT:
+            raise _Damage(1, "it does not begin with a carbon-ledger export header: it is not a "
+                          "carbon-ledger export, or its start is damaged")
+        for name, kind in _HEADER_FIELDS.items():
+            if type(item.get(name)) is not kind:
+                raise _Damage(1, f"the header's {name} is missing or not {'text' if kind is str else 'an integer'}")
+        unknown = sorted(set(item) - set(_HEADER_FIELDS))
+        if unknown:
+            raise _Damage(1, f"the header has fields that {EXPORT_FORMAT} does not: "
+                          f"{', '.join(map(str, unknown))}")
+        self.header = item
+
+    def _where(self, size: int) -> int:
+        """The log position a checkpoint's or cosignature's damage is named at."""
+        return max(min(size, self._size + 1), 1)
+
+    def _checkpoint(self, size: int, body: bytes, signature: bytes, at: str) -> None:
+        if size < 1:
+            raise _Damage(self._size + 1, f"a checkpoint {at} has size {size}")
+        if self._checkpoints:
+            last = self._checkpoints[-1][0]
+            if size == last:
+                raise _Damage(self._where(size), f"the checkpoint at size {size} is listed twice "
+                              f"{at}")
+            if size < last:
+                raise _Damage(self._where(size), f"the checkpoint at size {size} {at} is out of "
+                              f"order: it follows the one at size {last}")
+        self._checkpoints.append((size, body, signature))
+
+    def _cosignature(self, size: int, witness: str, kid: str, signature: bytes, at: str) -> None:
+        if not any(c[0] == size for c in self._checkpoints):
+            raise _Damage(self._where(size), f"the cosignature by {witness} {at} names no "
+                          f"checkpoint at size {size} in the file")
+        if self._cosignatures:
+            last = self._cosignatures[-1][:2]
+            if (size, witness) == last:
+                raise _Damage(self._where(size), f"{witness}'s cosignature of the checkpoint at "
+                              f"size {size} is listed twice {at}")
+            if (size, witness) < last:
+                raise _Damage(self._where(size), f"{witness}'s cosignature of the checkpoint at "
+                              f"size {size} {at} is out of order: it follows {last[1]}'s of the "
+                              f"one at size {last[0]}")
+        self._cosignatures.append((size, witness, kid, signature))
 
     def size(self) -> int:
         return self._size
 
     def rows(self) -> Iterator[list[RecordRow]]:
+        """The records before any damage (read again: the scan kept none of them)."""
         batch: list[RecordRow] = []
-        for item in self._items():
-            if item[0] == "r":
-                batch.append(tuple(item[1:]))  # type: ignore[arg-type]
-                if len(batch) >= BATCH:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
+        left = self._size
+        try:
+            for _, item in self._read() if left else ():
+                if type(item) is list and item and item[0] == "r":
+                    if not _shaped(item):
+                        break
+                    batch.append(tuple(item[1:]))  # type: ignore[arg-type]
+                    left -= 1
+                    if len(batch) >= BATCH or not left:
+                        yield batch
+                        batch = []
+                    if not left:
+                        return
+        except _Damage:
+            pass
+        if left:
+            raise DomainError("invalid_argument", f"{self.path} changed while it was audited")
 
     def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
-        return sorted(self._checkpoints)
+        return list(self._checkpoints)
 
     def forked(self) -> ExportSource:
         return self  # a forked reader opens the file again
@@ -787,4 +885,15 @@ def audit_database(recorder: Any, operator_key: str | None = None, workers: int 
 
 def audit_export(path: Path, operator_key: str, workers: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> AuditReport:
-    return Auditor(operator_key, workers, progress).run(ExportSource(path))
+    """The full audit of an export file. A damaged file is audited up to its damage, and the
+    earlier of the audit's failure and the damage is the verdict."""
+    source = ExportSource(path)
+    damage = source.damage
+    if damage is not None and source.size() == 0:  # nothing before the damage to audit
+        K.raw_public(operator_key)
+        return AuditReport(ok=False, operator_key_pinned=True, failure=damage)
+    report = Auditor(operator_key, workers, progress).run(source)
+    if damage is not None and (report.failure is None or damage.position <= report.failure.position):
+        report.failure, report.ok = damage, False
+        report.records = min(report.records, damage.position - 1)
+    return report

@@ -347,6 +347,17 @@ class LedgerTables:
                                   params, start, limit, stop)
         return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
 
+    def first_of_topic(self, topic: str, start: int, head_bytes: int = 32) -> tuple[int, bytes] | None:
+        """The position of the first record of `topic` at `start` or after, and the first
+        `head_bytes` of its state (where a record's time is: ledger.as_of); None if there is none."""
+        P = self.P
+        with self._reading() as c:
+            c.execute(f"SELECT {self.POS} AS position, substr(state, 1, {P}) AS head "
+                      f"FROM {self._t(self.events_table_name)} WHERE {self.POS} >= {P} AND "
+                      f"topic = {P} ORDER BY {self.POS} LIMIT 1", (head_bytes, start, topic))
+            row = c.fetchone()
+        return (row["position"], bytes(row["head"] or b"")) if row else None
+
     def position_of(self, aggregate_id: UUID, version: int) -> int | None:
         """The log position of one event (e.g. a command's record, to answer a retry with it)."""
         P = self.P

@@ -33,13 +33,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
 from api import http_signatures as H
 from api.problems import domain_error_handler, from_domain, problem, responses
 from api.routes import PARAM_ARG, WRITES, WriteRoute
+from api.web import site
 from domain import commands as C
 from domain.errors import DomainError
 from domain.trade import Trade
@@ -352,19 +352,16 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         "(Ed25519) over @method, @path and the RFC 9530 Content-Digest of its canonical JSON "
         "body. See docs/api.md for the signature base and examples.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served by api.web, from the package's own assets
     )
     app.add_exception_handler(DomainError, domain_error_handler)
+    site.install(app, reg)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
         return problem("invalid_argument", f"{where}: {first.get('msg', 'invalid')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "invalid_argument" if exc.status_code < 500 else "operation_failed"
-        return problem(code, str(exc.detail), status=exc.status_code)
 
     app.metrics = metrics
     app.fast_writes = {}

@@ -46,6 +46,17 @@ PAGE_SECURITY = {
     "Referrer-Policy": "no-referrer",
 }
 
+# Swagger UI and ReDoc run their own scripts (Swagger UI's start is inline); they may fetch
+# only from this server, whatever their code asks for (ReDoc asks for Redocly's logo).
+DOCS_SECURITY = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
 
 @cache
 def _environment(lang: str) -> Environment:
@@ -101,6 +112,14 @@ def wants_html(request: Request) -> bool:
             and "text/html" in request.headers.get("accept", "").lower())
 
 
+def _mended(page: HTMLResponse, head: str = "") -> HTMLResponse:
+    """FastAPI's Swagger UI / ReDoc page with the language its text is in (English) declared,
+    and `head` added to it."""
+    html = bytes(page.body).decode("utf-8")
+    html = html.replace("<html>", '<html lang="en">', 1).replace("</head>", head + "</head>", 1)
+    return HTMLResponse(html, status_code=page.status_code, headers=DOCS_SECURITY)
+
+
 def install(app: FastAPI, registry: Callable[[], Registry]) -> None:
     """Add the pages, their static files and the HTTP error handler to the app."""
     # Mounted in this order: /static would otherwise take /static/api-docs too.
@@ -121,23 +140,24 @@ def install(app: FastAPI, registry: Callable[[], Registry]) -> None:
 
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        return _mended(get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} · Swagger UI",
             swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{favicon()}",
             oauth2_redirect_url=f"{root}{app.swagger_ui_oauth2_redirect_url}",
-            swagger_ui_parameters=app.swagger_ui_parameters)
+            swagger_ui_parameters=app.swagger_ui_parameters),
+            f'<link rel="stylesheet" href="{root}{STATIC_URL}/api-docs.css">')
 
     async def swagger_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(
+        return _mended(get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} · ReDoc",
             redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{favicon()}", with_google_fonts=False)
+            redoc_favicon_url=f"{root}{favicon()}", with_google_fonts=False))
 
     app.add_api_route("/docs", swagger_ui, methods=["GET"], include_in_schema=False)
     assert app.swagger_ui_oauth2_redirect_url is not None

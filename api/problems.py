@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import access_log
 from domain.errors import CODES, DomainError
 
 PROBLEM_TYPE = "urn:carbon-ledger:error:"
@@ -68,6 +69,7 @@ def status_of(code: str) -> int:
 def problem(code: str, detail: str, status: int | None = None, *,
             headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     status = status or status_of(code)
+    access_log.note(code=code)
     body = {"type": PROBLEM_TYPE + code, "title": CODES.get(code, code), "status": status,
             "code": code, "detail": detail, **extra}
     if status == 401:

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api.client import ApiError, Client
 from ledger import demo
+from ledger.application import Registry
+from ledger.checkpoints import witness
 from ledger.keys import Keyring, generate, public_text, write_private
 
 HOST = "127.0.0.1"  # never any other address
@@ -116,7 +118,10 @@ class LiveServer:
                 self.process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None) -> LiveServer:
+def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None,
+                 *extra: str) -> LiveServer:
+    """`carbon-ledger serve` on the registry in `root`; `extra` arguments go after the defaults
+    (so `--log-level info` overrides this fixture's quiet one)."""
     root.mkdir(parents=True, exist_ok=True)
     keys = root / "keys"
     keys.mkdir(exist_ok=True, mode=0o700)
@@ -127,7 +132,8 @@ def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None) -> L
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [str(CARBON_LEDGER), "serve", "--db", f"sqlite:///{root / 'registry.db'}",
-             "--keys", str(keys), "--host", HOST, "--port", str(port), "--log-level", "warning"],
+             "--keys", str(keys), "--host", HOST, "--port", str(port), "--log-level", "warning",
+             *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root,
             env=_clean_env())
     server = LiveServer(root, port, process, log)
@@ -149,11 +155,13 @@ def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None) -> L
 
 @pytest.fixture(scope="session")
 def serve() -> Iterator[Callable[..., LiveServer]]:
-    """start(root, operator_key=None) -> LiveServer; every server is killed at teardown."""
+    """start(root, operator_key=None, *extra_args) -> LiveServer; every server is killed at
+    teardown."""
     started: list[LiveServer] = []
 
-    def start(root: Path, operator_key: Ed25519PrivateKey | None = None) -> LiveServer:
-        server = start_server(root, operator_key)
+    def start(root: Path, operator_key: Ed25519PrivateKey | None = None,
+              *extra: str) -> LiveServer:
+        server = start_server(root, operator_key, *extra)
         started.append(server)
         return server
 
@@ -168,6 +176,35 @@ def live_server(serve: Callable[..., LiveServer], tmp_path: Path) -> Iterator[st
     server = serve(tmp_path / "server")
     yield server.base_url
     server.stop()
+
+
+WITNESS = "fujian-eco"
+
+
+def write_demo_registry(root: Path) -> None:
+    """The demo story in root/registry.db, every participant's key in root/keys (the operator's
+    too, so a server there signs checkpoints), and a checkpoint cosigned by fujian-eco: a
+    registry as `carbon-ledger init`, `demo`, `checkpoint` and `witness` leave it, in a second."""
+    root.mkdir(parents=True, exist_ok=True)
+    app = Registry(f"sqlite:///{root / 'registry.db'}", keyring=Keyring(root / "keys"),
+                   auto_checkpoint=False)
+    try:
+        demo.load(app)
+        checkpointer = app.operator_checkpointer()
+        assert checkpointer is not None
+        checkpointer.make()
+        genesis = app.projection().genesis
+        assert genesis is not None
+        witness(app, WITNESS, app.keyring.get(WITNESS), root / "witness.json",
+                genesis.operator_key)
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="session")
+def demo_registry() -> Callable[[Path], None]:
+    """demo_registry(root): write the demo registry there (see write_demo_registry)."""
+    return write_demo_registry
 
 
 @dataclass

@@ -31,17 +31,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ledger import demo
-from ledger.application import Registry
-from ledger.checkpoints import witness
-from ledger.keys import Keyring
-
 REPO = Path(__file__).resolve().parents[3]
 SCREENSHOTS = REPO / "var" / "test-artifacts" / "screenshots"
 CHROMIUM = os.environ.get("CARBON_LEDGER_CHROMIUM", "/usr/bin/chromium")
 WIDE = {"width": 1280, "height": 800}
 NARROW = {"width": 390, "height": 844}
-WITNESS = "fujian-eco"
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # root in CI: Chromium's sandbox needs a user namespace it may not get
     "--disable-gpu",
@@ -96,21 +90,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def site(serve: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def site(serve: Any, demo_registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A LiveServer over the demo registry, with a checkpoint cosigned by fujian-eco."""
     root = tmp_path_factory.mktemp("site") / "server"
-    root.mkdir()
-    app = Registry(f"sqlite:///{root / 'registry.db'}", keyring=Keyring(root / "keys"),
-                   auto_checkpoint=False)
-    try:
-        demo.load(app)
-        checkpointer = app.operator_checkpointer()
-        assert checkpointer is not None
-        checkpointer.make()
-        witness(app, WITNESS, app.keyring.get(WITNESS), root / "witness.json",
-                app.projection().genesis.operator_key)
-    finally:
-        app.close()
+    demo_registry(root)
     return serve(root)
 
 

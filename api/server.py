@@ -50,6 +50,7 @@ from ledger.application import Registry
 from ledger.checkpoints import b64, checkpoint_json, unb64, verify_cosignature
 from ledger.keys import Keyring, default_keys_dir, verify
 from ledger.proofs import bundle as proof_bundle
+from ledger.proofs import certificate as retirement_certificate
 from ledger.runtime import freeze_heap, tune_collector
 from ledger.signing import (
     ACTOR_TAG,
@@ -766,8 +767,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/retirements/{retirement_id}/certificate",
              summary="A retirement certificate with its proof (public)", responses=read_responses)
     def get_certificate(retirement_id: str) -> dict[str, Any]:
-        return {"retirement": reg().view(lambda p: p.retirement(retirement_id)),
-                "proof": proof_bundle(reg(), "retirement", retirement_id)}
+        return retirement_certificate(reg(), retirement_id)
 
     @app.get("/v1/compliance/{entity}/{scheme}/{period}", summary="Offset usage and headroom",
              responses=read_responses)

@@ -229,3 +229,23 @@ def test_the_catalogs_ship_with_the_package() -> None:
         assert i18n.catalog_path(lang).is_file()
     assert i18n.translations("zh-CN").gettext("Forestry carbon ticket registry") != (
         "Forestry carbon ticket registry")
+
+
+def test_every_page_file_is_package_data() -> None:
+    """A wheel (not only an editable install) carries every template, static file and catalog:
+    each is matched by a [tool.setuptools.package-data] pattern of pyproject.toml."""
+    import fnmatch
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["api"]
+    web = repo / "api" / "web"
+    files = [p for folder in ("templates", "static", "locale") for p in (web / folder).rglob("*")
+             if p.is_file()]
+    assert len(files) >= 8
+    for path in files:
+        relative = path.relative_to(repo / "api").as_posix()
+        # setuptools globs: '*' stays within one folder
+        assert any(fnmatch.fnmatch(relative, pat) and relative.count("/") == pat.count("/")
+                   for pat in patterns), f"{relative} is not package data"

@@ -9,7 +9,7 @@ catalog); `/docs` and `/redoc` are served with their assets from the package; an
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,8 @@ from fastapi.testclient import TestClient
 
 from api.server import create_app
 from api.web import i18n
-from ledger import demo
 from ledger.application import Registry
-from ledger.checkpoints import checkpoint_json, witness
+from ledger.checkpoints import checkpoint_json
 from ledger.keys import Keyring
 
 PROBLEM = "application/problem+json"
@@ -27,14 +26,9 @@ WITNESS = "fujian-eco"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    root: Path = tmp_path_factory.mktemp("pages")
-    app = Registry(f"sqlite:///{root / 'registry.db'}", keyring=Keyring(root / "keys"),
-                   auto_checkpoint=False)
-    demo.load(app)
-    app.operator_checkpointer().make()
-    genesis = app.projection().genesis
-    witness(app, WITNESS, app.keyring.get(WITNESS), root / "witness.json", genesis.operator_key)
+def registry(demo_on_disk: Callable[[Path], Registry],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    app = demo_on_disk(tmp_path_factory.mktemp("pages"))
     yield app
     app.close()
 

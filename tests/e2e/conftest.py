@@ -28,8 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api.client import ApiError, Client
 from ledger import demo
-from ledger.application import Registry
-from ledger.checkpoints import witness
 from ledger.keys import Keyring, generate, public_text, write_private
 
 HOST = "127.0.0.1"  # never any other address
@@ -178,33 +176,11 @@ def live_server(serve: Callable[..., LiveServer], tmp_path: Path) -> Iterator[st
     server.stop()
 
 
-WITNESS = "fujian-eco"
-
-
-def write_demo_registry(root: Path) -> None:
-    """The demo story in root/registry.db, every participant's key in root/keys (the operator's
-    too, so a server there signs checkpoints), and a checkpoint cosigned by fujian-eco: a
-    registry as `carbon-ledger init`, `demo`, `checkpoint` and `witness` leave it, in a second."""
-    root.mkdir(parents=True, exist_ok=True)
-    app = Registry(f"sqlite:///{root / 'registry.db'}", keyring=Keyring(root / "keys"),
-                   auto_checkpoint=False)
-    try:
-        demo.load(app)
-        checkpointer = app.operator_checkpointer()
-        assert checkpointer is not None
-        checkpointer.make()
-        genesis = app.projection().genesis
-        assert genesis is not None
-        witness(app, WITNESS, app.keyring.get(WITNESS), root / "witness.json",
-                genesis.operator_key)
-    finally:
-        app.close()
-
-
 @pytest.fixture(scope="session")
-def demo_registry() -> Callable[[Path], None]:
-    """demo_registry(root): write the demo registry there (see write_demo_registry)."""
-    return write_demo_registry
+def demo_registry_files(demo_on_disk: Callable[[Path], Any]) -> Callable[[Path], None]:
+    """demo_registry_files(root): the demo registry written there, for a server to serve (see
+    tests/conftest.py's open_demo_on_disk)."""
+    return lambda root: demo_on_disk(root).close()
 
 
 @dataclass

@@ -50,11 +50,11 @@ def access_lines(text: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def logged(serve: Callable[..., Any], demo_registry: Callable[[Path], None],
+def logged(serve: Callable[..., Any], demo_registry_files: Callable[[Path], None],
            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A server logging JSON at info, a series of requests of every kind, then its log."""
     root = tmp_path_factory.mktemp("access-log") / "server"
-    demo_registry(root)
+    demo_registry_files(root)
     keys = Keyring(root / "keys")
     server = serve(root, None, "--log-level", "info", "--log-format", "json")
     base, recorded = server.base_url, Recorded()
@@ -178,9 +178,9 @@ def test_the_log_holds_no_signature_nonce_digest_key_or_body(logged: dict[str, A
     assert "signature" not in text.lower().replace('"logger"', "")
 
 
-def test_text_format_and_a_quiet_level(serve: Callable[..., Any], demo_registry: Any,
+def test_text_format_and_a_quiet_level(serve: Callable[..., Any], demo_registry_files: Any,
                                         tmp_path: Path) -> None:
-    demo_registry(tmp_path / "server")
+    demo_registry_files(tmp_path / "server")
     server = serve(tmp_path / "server", None, "--log-format", "text", "--log-level", "info")
     httpx.get(server.base_url + "/healthz", timeout=10)
     httpx.get(server.base_url + "/nothing", timeout=10)

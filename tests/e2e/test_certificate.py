@@ -13,10 +13,10 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def server(serve: Callable[..., Any], demo_registry: Callable[[Path], None],
+def server(serve: Callable[..., Any], demo_registry_files: Callable[[Path], None],
            tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("certificate") / "server"
-    demo_registry(root)
+    demo_registry_files(root)
     return serve(root)
 
 

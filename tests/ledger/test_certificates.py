@@ -12,18 +12,14 @@ from typing import Any
 
 import pytest
 
-from ledger import demo
 from ledger.application import Registry
-from ledger.keys import Keyring
 from ledger.proofs import CERTIFICATE_FORMAT, ProofError, certificate, verify_bundle
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    root: Path = tmp_path_factory.mktemp("certificates")
-    app = Registry(f"sqlite:///{root / 'registry.db'}", keyring=Keyring(root / "keys"),
-                   auto_checkpoint=False)
-    demo.load(app)
+def registry(demo_on_disk: Callable[[Path], Registry],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    app = demo_on_disk(tmp_path_factory.mktemp("certificates"))
     yield app
     app.close()
 

@@ -90,10 +90,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def site(serve: Any, demo_registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def site(serve: Any, demo_registry_files: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A LiveServer over the demo registry, with a checkpoint cosigned by fujian-eco."""
     root = tmp_path_factory.mktemp("site") / "server"
-    demo_registry(root)
+    demo_registry_files(root)
     return serve(root)
 
 

@@ -67,10 +67,9 @@ def test_the_language_switch_gives_the_same_page_in_english(site: Any, tab: Any)
     assert tab.page.inner_text("h1") == "Forestry carbon ticket registry"
     assert tab.page.inner_text("code.key >> nth=0") == zh_key
     assert tab.page.get_attribute('a[hreflang="en"]', "aria-current") == "page"
-    tab.page.get_by_role("link", name="Interactive API documentation (Swagger UI)").click()
-    tab.page.wait_for_selector(".opblock", timeout=30_000)
+    docs = tab.page.get_by_role("link", name="Interactive API documentation (Swagger UI)")
+    assert docs.get_attribute("href") == "/docs"
     tab.assert_offline()
-    tab.goto(site.base_url + "/?lang=en")
     tab.shoot()
     tab.assert_accessible()
 

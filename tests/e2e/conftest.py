@@ -12,10 +12,7 @@ story through api.client.Client, each participant signing with its own key.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,40 +22,20 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from e2e_processes import (  # type: ignore[import-not-found]
+    CARBON_LEDGER,
+    HOST,
+    _clean_env,
+    _free_port,
+)
 
 from api.client import ApiError, Client
 from ledger import demo
 from ledger.keys import Keyring, generate, public_text, write_private
 
-HOST = "127.0.0.1"  # never any other address
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 CLI_TIMEOUT_S = 60.0
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _venv_bin() -> Path:
-    """The venv's bin folder: the repository's .venv, else the running interpreter's."""
-    for candidate in (REPO / ".venv" / "bin", Path(sys.executable).parent):
-        if (candidate / "carbon-ledger").exists():
-            return candidate
-    raise RuntimeError("no carbon-ledger executable beside the test interpreter")
-
-
-CARBON_LEDGER = _venv_bin() / "carbon-ledger"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CARBON_LEDGER_DB", "CARBON_LEDGER_KEYS")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

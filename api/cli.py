@@ -16,6 +16,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from api import cli_writes
+from api.access_log import FORMATS as LOG_FORMATS
+from api.access_log import LEVELS as LOG_LEVELS
 from domain import commands as C
 from domain.errors import CODES, DomainError
 from domain.genesis import Genesis
@@ -519,14 +521,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     from api.server import ENV_KEYS
-    from api.serving import serve
+    from api.serving import redacted, serve
 
     url = db_url(args.db)
     os.environ[ENV_DB] = url
     os.environ[ENV_KEYS] = str(_keys_dir(args))
-    err.print(f"serving {url} at http://{args.host}:{args.port} ({args.workers} worker"
-              f"{'s' if args.workers != 1 else ''}); docs at /docs")
-    return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    banner = (f"serving {redacted(url)} at http://{args.host}:{args.port} ({args.workers} "
+              f"worker{'s' if args.workers != 1 else ''}); docs at /docs")
+    return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+                 log_format=args.log_format, banner=banner)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -743,7 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS,
+                   help="info (the default) logs every request; warning and above only failures")
+    p.add_argument("--log-format", default="json", choices=LOG_FORMATS,
+                   help="standard error's lines: one JSON object each (the default), or text")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("rotate-key", parents=[common, reads],

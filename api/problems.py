@@ -6,7 +6,9 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import access_log
 from domain.errors import CODES, DomainError
 
 PROBLEM_TYPE = "urn:carbon-ledger:error:"
@@ -15,6 +17,8 @@ PROBLEM_TYPE = "urn:carbon-ledger:error:"
 STATUS: dict[str, int] = {
     "invalid_argument": 400,
     "non_canonical": 400,
+    "not_found": 404,
+    "method_not_allowed": 405,
     "unsigned": 401,
     "bad_signature": 401,
     "unknown_key": 401,
@@ -62,11 +66,14 @@ def status_of(code: str) -> int:
     return STATUS.get(code, 422)
 
 
-def problem(code: str, detail: str, status: int | None = None, **extra: Any) -> JSONResponse:
+def problem(code: str, detail: str, status: int | None = None, *,
+            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     status = status or status_of(code)
+    access_log.note(code=code)
     body = {"type": PROBLEM_TYPE + code, "title": CODES.get(code, code), "status": status,
             "code": code, "detail": detail, **extra}
-    headers = {"WWW-Authenticate": 'Signature realm="carbon-ledger"'} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Signature realm="carbon-ledger"'}
     return JSONResponse(body, status_code=status, media_type="application/problem+json",
                         headers=headers)
 
@@ -79,6 +86,38 @@ def from_domain(error: DomainError) -> JSONResponse:
 async def domain_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     return from_domain(exc)
+
+
+def http_error_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """The problem for an error the router or Starlette raised: no route at that path
+    (`not_found`), none for that method (`method_not_allowed`, with `Allow`), or another."""
+    path = request.url.path
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return problem("not_found", f"nothing is served at {path}; the API's paths are listed "
+                       "at /docs and /openapi.json")
+    if exc.status_code == 405:
+        allow = ", ".join(allowed_methods(request))
+        return problem("method_not_allowed", f"{path} does not take {request.method}; it takes "
+                       f"{allow}", headers={"Allow": allow})
+    code = "invalid_argument" if exc.status_code < 500 else "operation_failed"
+    return problem(code, str(exc.detail), status=exc.status_code,
+                   headers=dict(exc.headers) if exc.headers else None)
+
+
+# The order methods are listed in an Allow header (the rest follow, sorted).
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path (Starlette names the first route's
+    only, and several routes can share a path: GET and POST /v1/pledges)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(request.url.path):
+            methods |= set(route_methods)
+    return sorted(methods, key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER
+                                          else len(_METHOD_ORDER), m))
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

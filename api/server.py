@@ -10,6 +10,7 @@ that id). Reads are signed the same way (or not at all, for the public registry)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import queue
@@ -33,13 +34,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
+from api import access_log
 from api import http_signatures as H
 from api.problems import domain_error_handler, from_domain, problem, responses
 from api.routes import PARAM_ARG, WRITES, WriteRoute
+from api.web import site
 from domain import commands as C
 from domain.errors import DomainError
 from domain.trade import Trade
@@ -49,6 +51,7 @@ from ledger.application import Registry
 from ledger.checkpoints import b64, checkpoint_json, unb64, verify_cosignature
 from ledger.keys import Keyring, default_keys_dir, verify
 from ledger.proofs import bundle as proof_bundle
+from ledger.proofs import certificate as retirement_certificate
 from ledger.runtime import freeze_heap, tune_collector
 from ledger.signing import (
     ACTOR_TAG,
@@ -180,7 +183,8 @@ class WriteThreads:
     def run(self, fn: Callable[[Any], Any], arg: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.queue.put((loop, future, fn, arg))
+        # in the request's context, so that what fn notes reaches the request's log line
+        self.queue.put((loop, future, fn, arg, contextvars.copy_context()))
         if not self.idle.acquire(blocking=False):
             with self.lock:
                 if len(self.threads) < self.size:
@@ -192,16 +196,16 @@ class WriteThreads:
 
     def _work(self) -> None:
         while (item := self.queue.get()) is not None:
-            loop, future, fn, arg = item
+            loop, future, fn, arg, context = item
             try:
-                result, error = fn(arg), None
+                result, error = context.run(fn, arg), None
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting request
                 result, error = None, e
             try:
                 loop.call_soon_threadsafe(_settle, future, result, error)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
-            del item, loop, future, result, error
+            del item, loop, future, result, error, context
             self.idle.release()
 
     def stop(self) -> None:
@@ -230,6 +234,7 @@ class RegistryApp(FastAPI):
     BaseHTTPMiddleware runs each request in a task group of its own)."""
 
     metrics: Metrics
+    access_log: access_log.AccessLog | None = None
     fast_writes: dict[tuple[str, str], tuple[str, Callable[[Scope, Receive, Send], Awaitable[int]]]]
     # GET /v1/tickets/{ticket_no} without a query (the public registry's most read page): the
     # handler given the ticket number
@@ -249,26 +254,40 @@ class RegistryApp(FastAPI):
             return
         started = time.perf_counter()
         method = scope["method"]
-        fast = (None if self.root_path or scope.get("root_path")
-                else self.fast_writes.get((method, scope["path"])))
-        if fast is None and method == "GET" and not scope.get("query_string"):
-            fast = self._fast_read(scope["path"])
-        if fast is not None:
-            name, handle = fast
-            status = await handle(scope, receive, send)
-        else:
-            status = 500
+        log = self.access_log
+        if log is not None:
+            noted, token = access_log.start()
+        status = 500
+        try:
+            fast = (None if self.root_path or scope.get("root_path")
+                    else self.fast_writes.get((method, scope["path"])))
+            if fast is None and method == "GET" and not scope.get("query_string"):
+                fast = self._fast_read(scope["path"])
+            if fast is not None:
+                name, handle = fast
+                status = await handle(scope, receive, send)
+            else:
+                async def send_and_see(message: Message) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                    await send(message)
 
-            async def send_and_see(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
+                await super().__call__(scope, receive, send_and_see)
+                name = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request(method, name, status, time.perf_counter() - started)
+        finally:
+            if log is not None:
+                access_log.finish(token)
+                log.emit(method, scope["path"], status, time.perf_counter() - started,
+                         scope.get("client"), noted)
 
-            await super().__call__(scope, receive, send_and_see)
-            name = getattr(scope.get("route"), "path", "unmatched")
-        self.metrics.request(method, name, status, time.perf_counter() - started)
 
+# Refusals given before the actor's signature is known to verify: their log line names no actor.
+_UNAUTHENTICATED = frozenset({
+    "payload_too_large", "non_canonical", "invalid_argument", "batch_too_large", "same_party",
+    "unsigned", "bad_signature", "unknown_participant", "unknown_key", "revoked_key",
+    "key_not_yet_valid", "stale_signature", "replay", "not_authorized", "consent_missing"})
 
 _WANTED_HEADERS = {b"content-length": "content-length", b"content-digest": "content-digest",
                    b"signature-input": "signature-input", b"signature": "signature"}
@@ -353,8 +372,10 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         "(Ed25519) over @method, @path and the RFC 9530 Content-Digest of its canonical JSON "
         "body. See docs/api.md for the signature base and examples.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served by api.web, from the package's own assets
     )
     app.add_exception_handler(DomainError, domain_error_handler)
+    site.install(app, reg)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -362,12 +383,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         where = ".".join(str(x) for x in first.get("loc", ()))
         return problem("invalid_argument", f"{where}: {first.get('msg', 'invalid')}")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "invalid_argument" if exc.status_code < 500 else "operation_failed"
-        return problem(code, str(exc.detail), status=exc.status_code)
-
     app.metrics = metrics
+    app.access_log = access_log.from_environment()
     app.fast_writes = {}
 
     # Authentication ------------------------------------------------------------------------
@@ -402,6 +419,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         if not verify(public, sig.signature, base.encode()):
             raise DomainError("bad_signature", f"the read's signature by {owner} does not verify")
         nonces.check(sig.keyid, str(params.get("nonce", "")), now)
+        access_log.note(actor=owner, key_id=sig.keyid)
         return Caller(owner, role)
 
     def require(caller: Caller, allowed: bool, what: str) -> None:
@@ -442,6 +460,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             if command.name not in route.commands:
                 raise DomainError("invalid_argument", f"{route.method} {route.path} takes "
                                   f"{' or '.join(route.commands[:3])} commands, not {command.name}")
+            access_log.note(command=command.name, command_id=command.command_id)
             for param in route.path_params:
                 if command.get(PARAM_ARG[param]) != path_params[param]:
                     raise DomainError("invalid_argument", f"the path says {param} "
@@ -450,6 +469,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             return command
 
         name = ""
+        actor: Any = None
+        signed: SignedCommand | None = None
         try:
             data = quick_look(route, body)
             if data is not None:
@@ -461,16 +482,20 @@ def create_app(registry: Registry | None = None) -> FastAPI:
                     raise
             else:
                 command = full_parse()
-                name = command.name
+                name, actor = command.name, command.actor
                 signed = signed_command(method, path, headers, body, name, command.actor,
                                         command.fields)
             outcome = await writers.run(reg().execute, signed)
         except DomainError as e:
             metrics.command(route.commands[0] if len(route.commands) == 1 else "any", e.code)
+            if e.code not in _UNAUTHENTICATED:
+                note_signer(signed, actor)
             return _problem_parts(from_domain(e))
         metrics.command(name, "accepted")
         replayed = bool(outcome.pop("replayed", False))
         position = outcome.pop("position", None)
+        note_signer(signed, actor)
+        access_log.note(position=position, replayed=replayed)
         raw = [(b"idempotent-replayed", b"true" if replayed else b"false")]
         if position is not None:
             raw.append((b"x-log-position", str(position).encode("latin-1")))
@@ -478,6 +503,12 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         raw.append((b"content-length", str(len(content)).encode("latin-1")))
         raw.append((b"content-type", b"application/json"))
         return (201 if route.created else 200), raw, content
+
+    def note_signer(signed: SignedCommand | None, actor: Any) -> None:
+        """The actor and the key it signed with, for the request's log line."""
+        if signed is not None:
+            key_id = next((s.key_id for s in signed.signatures if s.signer == actor), None)
+            access_log.note(actor=actor, key_id=key_id)
 
     def quick_look(route: WriteRoute, body: bytes) -> tuple[str, Any, dict[str, Any]] | None:
         """(command, actor, args) by a plain parse, when the route takes this command and has
@@ -493,6 +524,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         name, args = data.get("command"), data.get("args")
         if type(name) is not str or name not in route.commands or type(args) is not dict:
             return None
+        access_log.note(command=name, command_id=data.get("command_id"))
         return name, data.get("actor"), args
 
     def add_write(route: WriteRoute) -> None:
@@ -742,8 +774,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     @app.get("/v1/retirements/{retirement_id}/certificate",
              summary="A retirement certificate with its proof (public)", responses=read_responses)
     def get_certificate(retirement_id: str) -> dict[str, Any]:
-        return {"retirement": reg().view(lambda p: p.retirement(retirement_id)),
-                "proof": proof_bundle(reg(), "retirement", retirement_id)}
+        return retirement_certificate(reg(), retirement_id)
 
     @app.get("/v1/compliance/{entity}/{scheme}/{period}", summary="Offset usage and headroom",
              responses=read_responses)

@@ -16,15 +16,19 @@ SIGTERM stops accepting and stops the workers (each finishes the requests in fli
 from __future__ import annotations
 
 import asyncio
+import logging
+import logging.config
 import multiprocessing
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
+
+from api.access_log import ENV_FORMAT, ENV_LEVEL, logging_config
 
 APP = "api.server:create_app"
 HTTP = "api.transport:NoDelayHTTPProtocol"
@@ -32,20 +36,43 @@ BACKLOG = 2048
 ACCEPT_POLL_S = 0.2  # how often the accepting parent looks at its workers and at signals
 RESTART_PAUSE_S = 1.0  # between restarts of a worker that keeps exiting
 STOP_GRACE_S = 10.0
+log = logging.getLogger("carbon_ledger.serve")
 
 
-def serve(*, host: str, port: int, workers: int, log_level: str) -> int:
+def serve(*, host: str, port: int, workers: int, log_level: str, log_format: str = "json",
+          banner: str = "") -> int:
+    """Serve the app; every process logs to standard error in `log_format` (the workers read
+    it from the environment, set here before they start)."""
+    os.environ[ENV_FORMAT], os.environ[ENV_LEVEL] = log_format, log_level
+    logging.config.dictConfig(logging_config(log_format, log_level))
+    if banner:
+        log.info(banner)
     if workers <= 1:
-        uvicorn.run(APP, host=host, port=port, log_level=log_level, **_SETTINGS)
+        uvicorn.run(APP, host=host, port=port, **_settings())
         return 0
     return Dispatcher(host, port, workers, log_level).run()
 
 
-_SETTINGS: dict[str, Any] = {"factory": True, "access_log": False, "http": HTTP}
+def redacted(url: str) -> str:
+    """A database URL fit for a log: its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _settings() -> dict[str, Any]:
+    """uvicorn's settings: its own access log off (the app writes one line a request), its
+    log lines in the format asked for."""
+    fmt, level = os.environ.get(ENV_FORMAT, "json"), os.environ.get(ENV_LEVEL, "info")
+    return {"factory": True, "access_log": False, "http": HTTP, "log_level": level,
+            "log_config": logging_config(fmt, level)}
 
 
 def _config(host: str, port: int, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(APP, host=host, port=port, log_level=log_level, **_SETTINGS)
+    return uvicorn.Config(APP, host=host, port=port, **_settings())
 
 
 # The workers -------------------------------------------------------------------------------------
@@ -123,8 +150,7 @@ class Dispatcher:
         pause = RESTART_PAUSE_S - (time.monotonic() - self.last_restart)
         if pause > 0:
             time.sleep(pause)
-        print(f"serve: worker {process.pid} exited ({process.exitcode}); starting another",
-              file=sys.stderr, flush=True)
+        log.warning("worker %s exited (%s); starting another", process.pid, process.exitcode)
         self.slots[i] = self._start()
         self.last_restart = time.monotonic()
 
@@ -152,15 +178,13 @@ class Dispatcher:
             listener.bind((self.host, self.port))
         except OSError as e:
             listener.close()
-            print(f"serve: cannot listen on {self.host}:{self.port}: {e.strerror or e}",
-                  file=sys.stderr, flush=True)
+            log.error("cannot listen on %s:%s: %s", self.host, self.port, e.strerror or e)
             return 1
         listener.listen(BACKLOG)
         listener.settimeout(ACCEPT_POLL_S)
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        print(f"serve: process {os.getpid()} accepts on {self.host}:{listener.getsockname()[1]} "
-              f"and hands connections to {self.workers} workers in turn",
-              file=sys.stderr, flush=True)
+        log.info("process %s accepts on %s:%s and hands connections to %s workers in turn",
+                 os.getpid(), self.host, listener.getsockname()[1], self.workers)
         try:
             self.slots = [self._start() for _ in range(self.workers)]
             while not self.stopping:

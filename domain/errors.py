@@ -7,6 +7,8 @@ from typing import Any
 # The stable codes, with what each means. Clients branch on the code, people read the message.
 CODES: dict[str, str] = {
     "invalid_argument": "a field is missing, of the wrong type, or out of range",
+    "not_found": "nothing is served at that path",
+    "method_not_allowed": "the path does not take that HTTP method",
     "unknown_participant": "no participant is registered with that id",
     "unknown_project": "no project is registered with that id",
     "unknown_ticket": "no ticket has been issued with that number",

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from ledger.application import Registry
 
 BUNDLE_FORMAT = "carbon-ledger-proof/1"
+# A retirement as a person reads it, beside the bundle that proves every word of it.
+CERTIFICATE_FORMAT = "carbon-ledger-certificate/1"
+_CERTIFICATE_FIELDS = ("format", "retirement", "proof")
 
 
 def bundle(app: Registry, kind: str, ident: str) -> dict[str, Any]:
@@ -71,13 +74,23 @@ def bundle(app: Registry, kind: str, ident: str) -> dict[str, Any]:
             "leaves": leaves}
 
 
+def certificate(app: Registry, retirement_id: str) -> dict[str, Any]:
+    """A retirement certificate: the retirement as the registry's reads show it, and its proof."""
+    view = app.view(lambda p: p.retirement(retirement_id))
+    return {"format": CERTIFICATE_FORMAT, "retirement": view,
+            "proof": bundle(app, "retirement", retirement_id)}
+
+
 class ProofError(Exception):
     pass
 
 
 def verify_bundle(data: dict[str, Any], operator_key: str) -> dict[str, Any]:
-    """Check a bundle offline; return what it proves, or raise ProofError naming what is wrong."""
+    """Check a bundle, or a retirement certificate, offline; return what it proves, or raise
+    ProofError naming what is wrong."""
     try:
+        if isinstance(data, dict) and data.get("format") == CERTIFICATE_FORMAT:
+            return _verify_certificate(data, operator_key)
         return _verify(data, operator_key)
     except ProofError:
         raise
@@ -122,6 +135,52 @@ def _verify(data: dict[str, Any], operator_key: str) -> dict[str, Any]:
         raise ProofError(f"unknown bundle kind {kind!r}")
     return {"ok": True, "kind": kind, "id": ident, "origin": cp.origin, "checkpoint_size": cp.size,
             "checkpoint_time": cp.time, "cosigned_by": witnesses, **facts}
+
+
+def _verify_certificate(data: dict[str, Any], operator_key: str) -> dict[str, Any]:
+    """The proof verifies, and the retirement the certificate states is word for word the one
+    it proves: nothing a person reads on it goes unproven."""
+    unproven = sorted(set(data) - set(_CERTIFICATE_FIELDS))
+    if unproven:
+        raise ProofError(f"the certificate has fields no proof covers: {', '.join(unproven)}")
+    stated, proof = data["retirement"], data["proof"]
+    if not isinstance(stated, dict) or not isinstance(proof, dict):
+        raise ProofError("the certificate's retirement and proof must be objects")
+    facts = _verify(proof, operator_key)
+    if facts["kind"] != "retirement":
+        raise ProofError(f"the certificate's proof is a {facts['kind']} bundle, not a retirement's")
+    if stated.get("retirement_id") != facts["id"]:
+        raise ProofError(f"the certificate's retirement_id {stated.get('retirement_id')!r}: its "
+                         f"proof proves retirement {facts['id']}, not {stated.get('retirement_id')}")
+    leaf = next(leaf["value"] for leaf in proof["leaves"]
+                if leaf["key"] == f"retirement/{facts['id']}")
+    proven = retirement_view(leaf)
+    for name in sorted(set(stated) | set(proven)):
+        if name not in proven:
+            raise ProofError(f"the certificate's {name} is not in its proof")
+        if name not in stated:
+            raise ProofError(f"the certificate lacks {name}, which its proof shows as {proven[name]!r}")
+        if stated[name] != proven[name]:
+            raise ProofError(f"the certificate says {name} is {stated[name]!r}; its proof shows "
+                             f"{proven[name]!r}")
+    return {**facts, "certificate": True}
+
+
+def retirement_view(value: dict[str, Any]) -> dict[str, Any]:
+    """A proven retirement leaf in the shape of the registry's retirement read (the projection's
+    `retirement`; a test holds the two to one answer)."""
+    out = {"retirement_id": value["retirement_id"], "holder": value["holder"],
+           "purpose": value["purpose"], "beneficiary": value["beneficiary"],
+           "details": value["details"], "quantity_t": value["quantity_t"],
+           "lines": [{"ticket_no": t, "standard": s, "quantity_t": sum(b - a + 1 for a, b in rs),
+                      "serials": [{"first_serial": format_serial(t, a),
+                                   "last_serial": format_serial(t, b)} for a, b in rs]}
+                     for t, s, rs in value["lines"]]}
+    if value["case_no"]:
+        out.update(case_no=value["case_no"], court=value["court"])
+    if value["scheme"]:  # a compliance retirement: the entity is the holder that retired
+        out.update(entity=value["holder"], scheme=value["scheme"], period=value["period"])
+    return out
 
 
 def _cosignatures(cpj: dict[str, Any], body: bytes, leaves: dict[str, dict[str, Any]]) -> list[str]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from ledger import demo
 from ledger.application import Registry
+from ledger.checkpoints import witness
 from ledger.keys import Keyring
 
 PG_ADMIN_URL = os.environ.get("CARBON_LEDGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -81,3 +82,30 @@ def registry(store_url: str) -> Iterator[Registry]:
 def demo_registry(registry: Registry) -> Registry:
     load_demo(registry)
     return registry
+
+
+WITNESS = "fujian-eco"
+
+
+def open_demo_on_disk(root: Path) -> Registry:
+    """The demo story in root/registry.db with every participant's key in root/keys (the
+    operator's too, so a server there signs checkpoints), and a checkpoint cosigned by
+    fujian-eco: a registry as `init`, `demo`, `checkpoint` and `witness` leave it. Open; the
+    caller closes it."""
+    root.mkdir(parents=True, exist_ok=True)
+    app = Registry(f"sqlite:///{root / 'registry.db'}", keyring=Keyring(root / "keys"),
+                   auto_checkpoint=False)
+    demo.load(app)
+    checkpointer = app.operator_checkpointer()
+    assert checkpointer is not None and app.keyring is not None
+    checkpointer.make()
+    genesis = app.projection().genesis
+    assert genesis is not None
+    witness(app, WITNESS, app.keyring.get(WITNESS), root / "witness.json", genesis.operator_key)
+    return app
+
+
+@pytest.fixture(scope="session")
+def demo_on_disk() -> Callable[[Path], Registry]:
+    """demo_on_disk(root) -> Registry: see open_demo_on_disk."""
+    return open_demo_on_disk

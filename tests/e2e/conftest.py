@@ -12,10 +12,7 @@ story through api.client.Client, each participant signing with its own key.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,40 +22,20 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from e2e_processes import (  # type: ignore[import-not-found]
+    CARBON_LEDGER,
+    HOST,
+    _clean_env,
+    _free_port,
+)
 
 from api.client import ApiError, Client
 from ledger import demo
 from ledger.keys import Keyring, generate, public_text, write_private
 
-HOST = "127.0.0.1"  # never any other address
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 CLI_TIMEOUT_S = 60.0
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _venv_bin() -> Path:
-    """The venv's bin folder: the repository's .venv, else the running interpreter's."""
-    for candidate in (REPO / ".venv" / "bin", Path(sys.executable).parent):
-        if (candidate / "carbon-ledger").exists():
-            return candidate
-    raise RuntimeError("no carbon-ledger executable beside the test interpreter")
-
-
-CARBON_LEDGER = _venv_bin() / "carbon-ledger"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CARBON_LEDGER_DB", "CARBON_LEDGER_KEYS")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -116,7 +93,10 @@ class LiveServer:
                 self.process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None) -> LiveServer:
+def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None,
+                 *extra: str) -> LiveServer:
+    """`carbon-ledger serve` on the registry in `root`; `extra` arguments go after the defaults
+    (so `--log-level info` overrides this fixture's quiet one)."""
     root.mkdir(parents=True, exist_ok=True)
     keys = root / "keys"
     keys.mkdir(exist_ok=True, mode=0o700)
@@ -127,7 +107,8 @@ def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None) -> L
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [str(CARBON_LEDGER), "serve", "--db", f"sqlite:///{root / 'registry.db'}",
-             "--keys", str(keys), "--host", HOST, "--port", str(port), "--log-level", "warning"],
+             "--keys", str(keys), "--host", HOST, "--port", str(port), "--log-level", "warning",
+             *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root,
             env=_clean_env())
     server = LiveServer(root, port, process, log)
@@ -149,11 +130,13 @@ def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None) -> L
 
 @pytest.fixture(scope="session")
 def serve() -> Iterator[Callable[..., LiveServer]]:
-    """start(root, operator_key=None) -> LiveServer; every server is killed at teardown."""
+    """start(root, operator_key=None, *extra_args) -> LiveServer; every server is killed at
+    teardown."""
     started: list[LiveServer] = []
 
-    def start(root: Path, operator_key: Ed25519PrivateKey | None = None) -> LiveServer:
-        server = start_server(root, operator_key)
+    def start(root: Path, operator_key: Ed25519PrivateKey | None = None,
+              *extra: str) -> LiveServer:
+        server = start_server(root, operator_key, *extra)
         started.append(server)
         return server
 
@@ -168,6 +151,13 @@ def live_server(serve: Callable[..., LiveServer], tmp_path: Path) -> Iterator[st
     server = serve(tmp_path / "server")
     yield server.base_url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_registry_files(demo_on_disk: Callable[[Path], Any]) -> Callable[[Path], None]:
+    """demo_registry_files(root): the demo registry written there, for a server to serve (see
+    tests/conftest.py's open_demo_on_disk)."""
+    return lambda root: demo_on_disk(root).close()
 
 
 @dataclass

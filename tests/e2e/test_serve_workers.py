@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CARBON_LEDGER, HOST, _clean_env, _free_port  # type: ignore[import-not-found]
+from e2e_processes import CARBON_LEDGER, HOST, _clean_env, _free_port  # type: ignore[import-not-found]
 
 START_TIMEOUT_S = 60
 

@@ -59,7 +59,16 @@ from ledger.signing import (
     parse_canonical,
     sign_with_keyring,
 )
-from ledger.store import SignatureSpent, Spent, db_url, environment, leaf_hashes
+from ledger.store import (
+    HELD,
+    MOVED,
+    SPENT,
+    SignatureSpent,
+    Spent,
+    db_url,
+    environment,
+    leaf_hashes,
+)
 from ledger.transcoder import MsgpackTranscoder
 
 MAX_ATTEMPTS = 20
@@ -83,14 +92,21 @@ def _fork_from(state: Projection, aggregate_id: UUID) -> LedgerAggregate | None:
     return None
 
 
+# The signature checks that passed while a command was decided (public key, signature, signed
+# text): when the same request is decided again (after a conflict, or to confirm a refusal at
+# the head), a check that passed is not made again; the key's status is checked every time.
+Verified = set[tuple[str, bytes, bytes]]
+
+
 class _Pending:
     """A command waiting in the group-commit queue, and then its outcome or its refusal."""
 
-    __slots__ = ("command", "signed", "outcome", "error", "done")
+    __slots__ = ("command", "signed", "verified", "outcome", "error", "done")
 
     def __init__(self, command: C.Command, signed: SignedCommand) -> None:
         self.command = command
         self.signed = signed
+        self.verified: Verified = set()
         self.outcome: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.done = False
@@ -118,7 +134,7 @@ class _Decision(NamedTuple):
 class _Refused(Exception):  # noqa: N818 - a refusal to confirm, not an error of its own
     """A refusal decided against one state, and what it rests on: the version of everything
     its decision read (0: it did not exist), and the request's signature to store as spent.
-    It is reported only once the store confirms it at the head (Registry._holds)."""
+    It is reported only once the store confirms it at the head (Registry._confirm)."""
 
     def __init__(self, error: DomainError, read_set: list[tuple[UUID, int]],
                  spent: Spent | None) -> None:
@@ -179,7 +195,7 @@ class Registry(Application):
         """Verify, decide and record one signed command atomically; return its outcome.
 
         Raises DomainError for every refusal; nothing is written to the log then. A refusal
-        is raised only once it holds at the store's head (see _holds). Commands that arrive
+        is raised only once it holds at the store's head (see _confirm). Commands that arrive
         together from several threads are decided one after another and committed together
         (group commit): each keeps its own outcome, refusal and log position.
         """
@@ -240,8 +256,8 @@ class Registry(Application):
         (another process wrote first), each command is decided and recorded on its own.
 
         A command refused in the group was refused against the group's state: the store as
-        this process last saw it, plus what the commands before it decided. Each of those is
-        decided again on its own once the group is recorded, and confirmed at the head there;
+        this process last saw it, plus what the commands before it decided. Those are decided
+        again once the group is recorded and confirmed together at the head (_refuse_together);
         the accepted ones are answered first and pay nothing for it."""
         if len(group) == 1:
             self._finish_alone(group[0])
@@ -266,7 +282,8 @@ class Registry(Application):
                             self._queue[:0] = group[n:]
                         break
                     try:
-                        decision = self._decide(item.command, item.signed, state, load)
+                        decision = self._decide(item.command, item.signed, state, load,
+                                                item.verified)
                     except _Refused:
                         refused.append(item)
                         continue
@@ -286,8 +303,8 @@ class Registry(Application):
             if decided:
                 self._record_group(decided, list(read_set.items()), decided_at)
         finally:
-            for item in refused:
-                self._finish_alone(item)
+            if refused:
+                self._refuse_together(refused)
 
     def _record_group(self, decided: list[tuple[_Pending, _Decision]],
                       read_set: list[tuple[UUID, int]], decided_at: int) -> None:
@@ -314,25 +331,27 @@ class Registry(Application):
 
     def _finish_alone(self, item: _Pending) -> None:
         try:
-            item.finish(outcome=self._execute(item.command, item.signed))
+            item.finish(outcome=self._execute(item.command, item.signed, item.verified))
         except Exception as e:  # noqa: BLE001 - handed to the caller's thread
             item.finish(error=e)
 
     def _decide(self, command: C.Command, signed: SignedCommand, state: Projection,
-                load: Callable[[UUID], LedgerAggregate | None],
+                load: Callable[[UUID], LedgerAggregate | None], verified: Verified,
                 ) -> dict[str, Any] | _Decision:
         """Authenticate and decide one command against `load`: the outcome of an earlier copy
         (a retry), or what to record. Raises _Refused to refuse (a refusal to confirm at the
         head), or DomainError for a refusal that rests on a record (`replay`,
-        `duplicate_command`: records stay)."""
+        `duplicate_command`: records stay). `verified`: the signature checks of this request
+        that passed before (see Verified); the ones that pass now are added."""
         digest = command.digest()
         uow = UnitOfWork(load)
         now = int(self.clock())
-        verified: list[bytes] = []  # the signatures that verified, for _spent
 
         def verify(job: SignatureJob) -> None:
-            verify_now(job)
-            verified.append(job.signature)
+            check = (job.public_key, job.signature, job.message)
+            if check not in verified:
+                verify_now(job)
+                verified.add(check)
 
         actor_sig: Signature | None = None
         prior: CommandRecord | None = None
@@ -369,7 +388,7 @@ class Registry(Application):
 
     @staticmethod
     def _spent(error: DomainError, command: C.Command, signed: SignedCommand,
-               actor_sig: Signature | None, verified: list[bytes], uow: UnitOfWork,
+               actor_sig: Signature | None, verified: Verified, uow: UnitOfWork,
                now: int) -> Spent | None:
         """The refused request's actor signature, to store as spent: when it verified, and is
         recent enough to verify again later (older ones are refused as stale anyway).
@@ -384,7 +403,7 @@ class Registry(Application):
         created = parse_base(actor_sig.base).params.get("created")
         if not isinstance(created, int) or created < now - WINDOW_PAST_S:
             return None
-        if actor_sig.signature not in verified:
+        if not any(signature == actor_sig.signature for _, signature, _ in verified):
             actor = uow.loaded.get(Participant.id_for(command.actor))
             if command.name == "initialise" or not isinstance(actor, Participant):
                 return None
@@ -394,26 +413,60 @@ class Registry(Application):
                            consent=False)
             except DomainError:
                 return None
-            if not K.verify(public, actor_sig.signature, actor_sig.base.encode("utf-8")):
+            message = actor_sig.base.encode("utf-8")
+            if not K.verify(public, actor_sig.signature, message):
                 return None
+            verified.add((public, actor_sig.signature, message))
         return Spent(actor_sig.signature, created, actor_sig.key_id, command.command_id,
                      error.code)
 
-    def _holds(self, command: C.Command, refused: _Refused, decided_at: int) -> bool:
-        """Whether a refusal holds at the store's head: nothing it read has moved on since
-        `decided_at` (then its signature is stored as spent, where it verified). False: decide
-        the command again, caught up. A refusal that holds costs one query (one short write
-        transaction with a spent signature); an accepted command never comes here."""
-        forget_before = int(self.clock()) - WINDOW_PAST_S - WINDOW_FUTURE_S
-        try:
-            held = self.recorder.confirm_refusal(refused.read_set, refused.spent,
-                                                 decided_at=decided_at,
-                                                 forget_before=forget_before)
-        except SignatureSpent:  # the very same request was refused before
-            raise _replay_of_refused(command) from None
-        if not held:
+    def _confirm(self, refusals: list[_Refused], decided_at: int) -> list[str]:
+        """For each refusal, decided on the state at `decided_at`: HELD when nothing it read has
+        moved on at the store's head (its signature is then stored as spent, where it verified),
+        SPENT when the very same request was refused before, MOVED when it is to be decided
+        again, caught up. The refusals of a group are confirmed together: one query, or one
+        short write transaction when signatures are to be stored. An accepted command never
+        comes here."""
+        verdicts = self.recorder.confirm_refusals(
+            [(r.read_set, r.spent) for r in refusals], decided_at=decided_at,
+            forget_before=int(self.clock()) - WINDOW_PAST_S - WINDOW_FUTURE_S)
+        if MOVED in verdicts:
             self._written_to = None  # another process wrote: catch up before deciding again
-        return held
+        return verdicts
+
+    def _refuse_together(self, items: list[_Pending]) -> None:
+        """The commands refused in a group, decided again against the state the group left
+        (without the group's overlay) and confirmed together; one whose refusal does not hold,
+        or that is accepted now, is decided and written on its own."""
+        refusals: list[tuple[_Pending, _Refused]] = []
+        alone: list[_Pending] = []
+        with self._projection_lock:
+            state = self._decision_state()
+            decided_at = state.position
+            for item in items:
+                try:
+                    decision = self._decide(item.command, item.signed, state,
+                                            partial(_fork_from, state), item.verified)
+                except _Refused as refused:
+                    refusals.append((item, refused))
+                except Exception as e:  # noqa: BLE001 - each command gets its own refusal
+                    item.finish(error=e)
+                else:
+                    if isinstance(decision, dict):
+                        item.finish(outcome=decision)
+                    else:
+                        alone.append(item)
+        if refusals:
+            verdicts = self._confirm([refused for _, refused in refusals], decided_at)
+            for (item, refused), verdict in zip(refusals, verdicts, strict=True):
+                if verdict == HELD:
+                    item.finish(error=refused.error)
+                elif verdict == SPENT:
+                    item.finish(error=_replay_of_refused(item.command))
+                else:
+                    alone.append(item)
+        for item in alone:
+            self._finish_alone(item)
 
     def _record(self, events: list[Any], read_set: list[tuple[UUID, int]],
                 decided_at: int, signatures: list[bytes]) -> list[int]:
@@ -449,7 +502,9 @@ class Registry(Application):
     def to_stored(self, events: list[Any]) -> list[StoredEvent]:
         return [self.mapper.to_stored_event(e) for e in events]
 
-    def _execute(self, command: C.Command, signed: SignedCommand) -> dict[str, Any]:
+    def _execute(self, command: C.Command, signed: SignedCommand,
+                 verified: Verified | None = None) -> dict[str, Any]:
+        verified = set() if verified is None else verified
         for attempt in range(MAX_ATTEMPTS):
             # After two lost races, decide and write while no other process may write (where
             # the store can promise that), so that a busy writer elsewhere cannot starve this one.
@@ -461,12 +516,16 @@ class Registry(Application):
                     state = self._decision_state(check=attempt > 0)
                     decided_at = state.position
                     try:
-                        decision = self._decide(command, signed, state, partial(_fork_from, state))
+                        decision = self._decide(command, signed, state, partial(_fork_from, state),
+                                                verified)
                     except _Refused as refused:
                         decision = refused
                 if isinstance(decision, _Refused):
-                    if self._holds(command, decision, decided_at):
+                    verdict, = self._confirm([decision], decided_at)
+                    if verdict == HELD:
                         raise decision.error
+                    if verdict == SPENT:
+                        raise _replay_of_refused(command)
                     continue  # it rested on something another process has changed since
                 if isinstance(decision, dict):
                     return decision
@@ -574,7 +633,7 @@ class Registry(Application):
         """The state to decide commands against. When this process wrote the log's last records
         and its projection took them (or a view has just caught up), no query is made: a
         decision is only as fresh as what it read, which the store re-checks before a write is
-        recorded and before a refusal is reported (_holds). So if another process has written
+        recorded and before a refusal is reported (_confirm). So if another process has written
         since, a command that depended on it is decided again after catching up, whether it
         was to be accepted or refused. Call with the projection lock held."""
         projection = self._projection

@@ -79,9 +79,12 @@ class StaleRead(IntegrityError):
     """An aggregate that a command read changed before the command's events were written."""
 
 
+HELD, MOVED, SPENT = "held", "moved", "spent"  # what confirm_refusals finds of a refusal
+
+
 class SignatureSpent(Exception):  # noqa: N818 - named for what it is, like StaleRead
-    """A signature to be written (or stored as spent) is stored as spent already: the very same
-    signed request was refused before. Nothing was written."""
+    """A signature of commands to be written is stored as spent: the very same signed request
+    was refused before. Nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,7 @@ class LedgerTables:
         row = self._lock_and_read_head(c)
         size, chain = self._head_from(c, row)
         if read_set and size != decided_at:  # one query for every aggregate only read
-            self._check_read_set(read_set, self._versions(c, read_set))
+            self._check_read_set(read_set, self._versions(c, [a for a, _ in read_set]))
         if signatures:
             marks = ", ".join([P] * len(signatures))
             c.execute(f"SELECT 1 FROM {self._t('spent_signatures')} WHERE signature IN ({marks}) "
@@ -277,12 +280,12 @@ class LedgerTables:
             ids.append(size)
         return rows, ids, size, chain
 
-    def _versions(self, c: Any, read_set: ReadSet) -> list[Any]:
-        """The latest version of each aggregate of `read_set` that exists, as rows (id, v)."""
-        marks = ", ".join([self.P] * len(read_set))
+    def _versions(self, c: Any, ids: Sequence[UUID]) -> list[Any]:
+        """The latest version of each of these aggregates that exists, as rows (id, v)."""
+        marks = ", ".join([self.P] * len(ids))
         c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
                   f"FROM {self._t(self.events_table_name)} WHERE originator_id IN ({marks}) "
-                  f"GROUP BY originator_id", [self._oid(a) for a, _ in read_set])
+                  f"GROUP BY originator_id", [self._oid(a) for a in ids])
         return c.fetchall()  # type: ignore[no-any-return]
 
     def _check_read_set(self, read_set: ReadSet, found: Sequence[Any]) -> None:
@@ -454,45 +457,53 @@ class LedgerTables:
 
     # Refusals ------------------------------------------------------------------------------
 
-    def confirm_refusal(self, read_set: ReadSet, spent: Spent | None = None, *,
-                        decided_at: int | None = None, forget_before: int = 0) -> bool:
-        """Whether a refusal decided on the versions in `read_set` (0: the aggregate did not
-        exist) holds now; False when one of them has moved on, and the command is to be
-        decided again.
+    def confirm_refusals(self, refusals: Sequence[tuple[ReadSet, Spent | None]], *,
+                         decided_at: int | None = None, forget_before: int = 0) -> list[str]:
+        """For each refusal, decided on the versions in its read set (0: the aggregate did not
+        exist): HELD when none of them has moved on, MOVED when one has (the command is to be
+        decided again), SPENT when its signature is stored as spent already (the very same
+        request was refused before).
 
-        With `spent`, the refused signature is stored in the same step, under the write lock,
-        so no write of the very same request can come between the check and the store; a
-        signature stored already raises SignatureSpent. Spent signatures created before
-        `forget_before` are dropped then. `decided_at`: the log size the versions were read at
-        (when the log is still that size under the lock, they cannot have moved)."""
-        if spent is None:  # nothing to store: a read is enough
-            if not read_set:
-                return True
+        The signatures of refusals that hold are stored in the same step, under the write lock,
+        so that no write of the very same request can come between the check and the store;
+        spent signatures created before `forget_before` are dropped then. Refusals with no
+        signature to store need a read only. `decided_at`: the log size the versions were read
+        at (if the log is still that size under the lock, nothing has moved)."""
+        ids = list(dict.fromkeys(a for read_set, _ in refusals for a, _ in read_set))
+        if all(spent is None for _, spent in refusals):
+            if not ids:
+                return [HELD] * len(refusals)
             with self._reading() as c:
-                return self._still(read_set, self._versions(c, read_set))
+                return self._verdicts(refusals, self._versions(c, ids))
         P, table = self.P, self._t("spent_signatures")
-        try:
-            with self._write_transaction() as c:
-                row = self._lock_and_read_head(c, notify=False)  # the log does not grow
-                size = row["size"] if row is not None else 0
-                if read_set and size != decided_at:
-                    self._check_read_set(read_set, self._versions(c, read_set))
-                c.execute(f"DELETE FROM {table} WHERE created < {P}", (forget_before,))
+        with self._write_transaction() as c:
+            row = self._lock_and_read_head(c, notify=False)  # the log does not grow
+            size = row["size"] if row is not None else 0
+            verdicts = self._verdicts(refusals, self._versions(c, ids) if ids and size != decided_at
+                                      else None)
+            to_store = [spent for (_, spent), verdict in zip(refusals, verdicts, strict=True)
+                        if verdict == HELD and spent is not None]
+            c.execute(f"DELETE FROM {table} WHERE created < {P}", (forget_before,))
+            if to_store:
+                values = ", ".join([f"({P}, {P}, {P}, {P}, {P})"] * len(to_store))
                 c.execute(f"INSERT INTO {table} (signature, created, key_id, command_id, code) "
-                          f"VALUES ({P}, {P}, {P}, {P}, {P}) ON CONFLICT (signature) DO NOTHING "
-                          "RETURNING 1", spent.row())
-                if c.fetchone() is None:
-                    raise SignatureSpent("this signature was spent by an earlier refusal")
-        except StaleRead:
-            return False
-        return True
+                          f"VALUES {values} ON CONFLICT (signature) DO NOTHING RETURNING signature",
+                          [v for spent in to_store for v in spent.row()])
+                stored = {bytes(r["signature"]) for r in c.fetchall()}
+                verdicts = [SPENT if verdict == HELD and spent is not None
+                            and spent.signature not in stored else verdict
+                            for (_, spent), verdict in zip(refusals, verdicts, strict=True)]
+        return verdicts
 
-    def _still(self, read_set: ReadSet, found: Sequence[Any]) -> bool:
-        try:
-            self._check_read_set(read_set, found)
-        except StaleRead:
-            return False
-        return True
+    def _verdicts(self, refusals: Sequence[tuple[ReadSet, Spent | None]],
+                  found: Sequence[Any] | None) -> list[str]:
+        """HELD or MOVED for each refusal, from the latest versions `found` (None: none moved)."""
+        if found is None:
+            return [HELD] * len(refusals)
+        current = {r["id"]: r["v"] for r in found}
+        oid = self._oid
+        return [MOVED if any(current.get(oid(a), 0) != v for a, v in read_set) else HELD
+                for read_set, _ in refusals]
 
     @contextmanager
     def _write_transaction(self) -> Iterator[Any]:

@@ -100,6 +100,9 @@ class Story:
                 ch, "registry", "register_participant", {
                     "participant_id": who, "name": who, "role": role,
                     "public_key": public_text(self.keys[who])})
+            if role == "holder" and who == buyer:  # a signed read by a key just registered
+                yield f"{who} reads its balances", lambda ch, who=who: self.send(ch, Wire.read(
+                    self.keys[who], f"/v1/accounts/{who}/balances", who=who))
         project = f"P-{self.tag}"
         yield "register_project", lambda ch: self.command(ch, issuer, "register_project", {
             "project_id": project, "name": "forest", "owner": seller, "county": "test county",

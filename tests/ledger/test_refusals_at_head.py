@@ -133,6 +133,27 @@ def test_in_a_group_each_refusal_is_decided_again_at_head(app: Registry, other: 
     assert audit_database(app.recorder).ok
 
 
+def test_the_refusals_of_a_group_are_confirmed_together(app: Registry) -> None:
+    """Accepted commands are committed together; so are the refusals of the same group
+    confirmed (and their signatures stored): one transaction, not one per refusal."""
+    calls: list[int] = []
+    inner = app.recorder.confirm_refusals
+
+    def counting(refusals: Any, **kwargs: Any) -> Any:
+        calls.append(len(refusals))
+        return inner(refusals, **kwargs)
+
+    app.recorder.confirm_refusals = counting  # type: ignore[method-assign]
+    results = together(app, [transfer("T-1", 1), transfer("T-big-1", 1_000),
+                             transfer("T-2", 2), transfer("T-big-2", 2_000),
+                             ("freeze", "eco", "g-freeze", {"holder": "nobody", "reason": "r"})])
+    assert [r[0] for r in results] == ["ok", "insufficient_available", "ok",
+                                       "insufficient_available", "unknown_participant"]
+    assert calls == [3]
+    assert sorted(row[3] for row in app.recorder.select_spent()) == [
+        "exch/T-big-1", "exch/T-big-2", "g-freeze"]
+
+
 def test_a_refusal_that_holds_at_head_writes_nothing(app: Registry) -> None:
     calls: list[int] = []
     inner = app.recorder.insert_events
@@ -149,7 +170,7 @@ def test_a_retry_of_a_command_that_commits_during_the_refusal_gets_its_outcome(
     step = transfer("T-race", 60)
     first = signed(app, step)
     app.submit(*transfer("T-0", 50))  # app: alice has 50, so 60 is refused
-    confirm = app.recorder.confirm_refusal
+    confirm = app.recorder.confirm_refusals
     ran: list[bool] = []
 
     def first_copy_commits_first(*args: Any, **kwargs: Any) -> Any:
@@ -159,7 +180,7 @@ def test_a_retry_of_a_command_that_commits_during_the_refusal_gets_its_outcome(
             other.execute(first)  # the first copy, signed before, now succeeds elsewhere
         return confirm(*args, **kwargs)
 
-    app.recorder.confirm_refusal = first_copy_commits_first  # type: ignore[method-assign]
+    app.recorder.confirm_refusals = first_copy_commits_first  # type: ignore[method-assign]
     out = app.submit(*step)
     assert out["replayed"] is True and out["quantity_t"] == 60
 

@@ -663,6 +663,12 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
     def _id_bytes(self, stored_id: Any) -> bytes:
         return stored_id.bytes
 
+    def _versions(self, c: Any, ids: Sequence[UUID]) -> list[Any]:
+        c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
+                  f"FROM {self._t(self.events_table_name)} WHERE originator_id = ANY(%s) "
+                  f"GROUP BY originator_id", (list(ids),))
+        return c.fetchall()  # type: ignore[no-any-return]
+
     RECORD_BYTES = "state, chain"  # (typed columns: bytea)
 
     def _record_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, bytes, int, str, bytes, bytes]]:
@@ -766,7 +772,7 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         sql += " UNION ALL ".join(reads) if reads else "SELECT NULL AS id, NULL AS v WHERE false"
         c.execute(sql, params)
         found = c.fetchall()
-        if signatures and found and found[-1]["v"] == -1:
+        if signatures and any(r["v"] == -1 for r in found):
             raise SignatureSpent("a signature of this write was spent by an earlier refusal")
         self._check_read_set(read_set, found)
         return ids

@@ -185,6 +185,30 @@ def test_a_retry_of_a_command_that_commits_during_the_refusal_gets_its_outcome(
     assert out["replayed"] is True and out["quantity_t"] == 60
 
 
+def test_a_refusal_that_keeps_moving_is_confirmed_in_an_exclusive_turn(app: Registry) -> None:
+    """After two refusals that did not hold, the command is decided and its refusal confirmed
+    while no other process may write (the write lock held since before the decision)."""
+    inner = app.recorder.confirm_refusals
+    exclusive = app.recorder.exclusive
+    calls: list[bool] = []
+    turns: list[int] = []
+
+    def moving(refusals: Any, **kwargs: Any) -> Any:
+        calls.append(True)
+        return ["moved"] * len(refusals) if len(calls) <= 2 else inner(refusals, **kwargs)
+
+    def counted() -> Any:
+        turns.append(1)
+        return exclusive()
+
+    app.recorder.confirm_refusals = moving  # type: ignore[method-assign]
+    app.recorder.exclusive = counted  # type: ignore[method-assign]
+    assert code_of(app, signed(app, transfer("T-big", 1_000))) == "insufficient_available"
+    assert (len(calls), turns) == (3, [1])
+    assert [row[3] for row in app.recorder.select_spent()] == ["exch/T-big"]
+    assert app.submit(*transfer("T-after", 1))["quantity_t"] == 1  # the lock was let go
+
+
 # A refused signature is spent --------------------------------------------------------------------
 
 def test_a_refused_request_sent_again_after_the_state_changed_is_a_replay(

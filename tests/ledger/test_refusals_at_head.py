@@ -12,12 +12,14 @@ state has changed so that the command would now be accepted (issue 19, item 5).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import PG_ADMIN_URL  # type: ignore[import-not-found]
 from test_group_commit import Step, together, transfer  # type: ignore[import-not-found]
 from test_group_commit import _setup as setup_cast  # type: ignore[import-not-found]
 
@@ -26,7 +28,7 @@ from domain.errors import DomainError
 from ledger.application import Registry, _Pending
 from ledger.audit import audit_database
 from ledger.keys import Keyring
-from ledger.operations import migrate
+from ledger.operations import backup, migrate, restore
 from ledger.signing import (
     WINDOW_FUTURE_S,
     WINDOW_PAST_S,
@@ -34,6 +36,7 @@ from ledger.signing import (
     parse_canonical,
     sign_with_keyring,
 )
+from ledger.store import is_postgres
 
 
 class Clock:
@@ -292,3 +295,33 @@ def test_spent_signatures_are_not_part_of_the_audit_and_migrate_with_the_log(
         assert target.recorder.select_spent() == app.recorder.select_spent()
     finally:
         target.close()
+
+
+def test_backup_and_restore_keep_spent_signatures(app: Registry, tmp_path: Path) -> None:
+    """A restored registry refuses the refused requests of the original as replays (while
+    their signatures are young), and verifies: the table rides along, outside the audit."""
+    request = signed(app, transfer("T-big", 1_000))
+    assert code_of(app, request) == "insufficient_available"
+    backup(app.url, tmp_path / "registry.bak")
+    if is_postgres(app.url):
+        import psycopg
+
+        name = f"carbon_ledger_restore_{secrets.token_hex(4)}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        target_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}?{app.url.split('?', 1)[1]}"
+    else:
+        name, target_url = "", f"sqlite:///{tmp_path / 'restored.db'}"
+    try:
+        restore(tmp_path / "registry.bak", target_url)
+        target = Registry(target_url, clock=app.clock)
+        try:
+            assert target.recorder.select_spent() == app.recorder.select_spent() != []
+            assert audit_database(target.recorder).ok
+            assert code_of(target, request) == "replay"
+        finally:
+            target.close()
+    finally:
+        if name:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -212,11 +212,24 @@ class LedgerTables:
         starve. A no-op where the store has no such lock outside a transaction."""
         return nullcontext()
 
-    def _lock_and_read_head(self, c: Any, notify: bool = True) -> Any:
-        """Take the write lock; the head's row (size, chain), or None before the first write."""
+    def _lock_and_read_head(self, c: Any, notify: bool = True,
+                            signatures: Sequence[bytes] = ()) -> Any:
+        """Take the write lock; the head's row (size, chain), or None before the first write.
+        A store may also say in it whether any of `signatures` is spent (see _any_spent)."""
         self._lock(c, notify)
         c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
         return c.fetchone()
+
+    def _any_spent(self, c: Any, signatures: Sequence[bytes], head: Any) -> bool:
+        """Whether any of `signatures` is stored as spent: as the head's row says, where the
+        statement that read it looked (the write pays no statement more for it), else by a
+        query."""
+        if head is not None and "spent" in head.keys():
+            return bool(head["spent"])
+        marks = ", ".join([self.P] * len(signatures))
+        c.execute(f"SELECT 1 FROM {self._t('spent_signatures')} WHERE signature IN ({marks}) "
+                  "LIMIT 1", list(signatures))
+        return c.fetchone() is not None
 
     @contextmanager
     def _reading(self, tuples: bool = False) -> Iterator[Any]:
@@ -238,16 +251,12 @@ class LedgerTables:
         `decided_at` is the log size the versions were read at: if the log is still that size,
         nothing can have moved and the check is skipped."""
         P, head = self.P, self._t("ledger_head")
-        row = self._lock_and_read_head(c)
+        row = self._lock_and_read_head(c, signatures=signatures)
+        if signatures and self._any_spent(c, signatures, row):
+            raise SignatureSpent("a signature of this write was spent by an earlier refusal")
         size, chain = self._head_from(c, row)
         if read_set and size != decided_at:  # one query for every aggregate only read
             self._check_read_set(read_set, self._versions(c, [a for a, _ in read_set]))
-        if signatures:
-            marks = ", ".join([P] * len(signatures))
-            c.execute(f"SELECT 1 FROM {self._t('spent_signatures')} WHERE signature IN ({marks}) "
-                      "LIMIT 1", list(signatures))
-            if c.fetchone() is not None:
-                raise SignatureSpent("a signature of this write was spent by an earlier refusal")
         rows, ids, size, chain = self._chained_rows(stored_events, size, chain, leaves)
         c.executemany(
             f"INSERT INTO {self._t(self.events_table_name)} (originator_id, originator_version, "
@@ -541,8 +550,15 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
             *self.ledger_statements("BLOB"),
         ]
 
-    def _lock_and_read_head(self, c: Any, notify: bool = True) -> Any:
-        c.execute("UPDATE ledger_head SET size = size WHERE id = 1 RETURNING size, chain")
+    def _lock_and_read_head(self, c: Any, notify: bool = True,
+                            signatures: Sequence[bytes] = ()) -> Any:
+        if not signatures:
+            c.execute("UPDATE ledger_head SET size = size WHERE id = 1 RETURNING size, chain")
+            return c.fetchone()
+        marks = ", ".join(["?"] * len(signatures))
+        c.execute("UPDATE ledger_head SET size = size WHERE id = 1 RETURNING size, chain, "
+                  f"EXISTS (SELECT 1 FROM spent_signatures WHERE signature IN ({marks})) AS spent",
+                  list(signatures))
         return c.fetchone()
 
     _memory_signer = threading.Lock()

@@ -64,6 +64,7 @@ class Workers(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tag = f"w{next(self.serial)}{secrets.token_hex(2)}"
+        self.seen["sequences"] += 1
         self.n = 0
         self.keys: dict[str, Ed25519PrivateKey] = {"registry": self.cluster.operator_key}
         self.roles: dict[str, str] = {}

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PG_ADMIN_URL  # type: ignore[import-not-found]
 from test_group_commit import Step, together, transfer  # type: ignore[import-not-found]
 from test_group_commit import _setup as setup_cast  # type: ignore[import-not-found]
 
@@ -306,10 +305,12 @@ def test_backup_and_restore_keep_spent_signatures(app: Registry, tmp_path: Path)
     if is_postgres(app.url):
         import psycopg
 
+        # a database beside the test session's, with the same schema name
+        session_db, schema = app.url.split("?", 1)
         name = f"carbon_ledger_restore_{secrets.token_hex(4)}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        with psycopg.connect(session_db, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        target_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}?{app.url.split('?', 1)[1]}"
+        target_url = f"{session_db.rsplit('/', 1)[0]}/{name}?{schema}"
     else:
         name, target_url = "", f"sqlite:///{tmp_path / 'restored.db'}"
     try:
@@ -323,5 +324,5 @@ def test_backup_and_restore_keep_spent_signatures(app: Registry, tmp_path: Path)
             target.close()
     finally:
         if name:
-            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            with psycopg.connect(session_db, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

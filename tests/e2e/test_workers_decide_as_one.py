@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 STORY_RUNS = int(os.environ.get("STORY_RUNS", "8"))
 # Sequences per store (>= 200 per run in total) and steps per sequence (after its setup).
 EXAMPLES = int(os.environ.get("WORKERS_EXAMPLES", "100"))
-STEPS = int(os.environ.get("WORKERS_STEPS", "12"))
+STEPS = int(os.environ.get("WORKERS_STEPS", "10"))
 
 HOSTS = {"sqlite": (2,), "postgres": (2, 1)}
 

@@ -26,8 +26,8 @@ from ledger.runtime import tune_collector
 
 FULL_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
-WORKLOADS = ("single", "signing", "batch", "http", "http-scaling", "rebuild", "audit", "merkle",
-             "asof")
+WORKLOADS = ("single", "signing", "batch", "http", "http-scaling", "refusals", "rebuild", "audit",
+             "merkle", "asof")
 
 
 @dataclass
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows += W.signing_overhead(sizes)
                 elif name == "http-scaling":
                     rows += W.http_scaling(sizes, pg)
+                elif name == "refusals":
+                    rows += W.refusals(sizes, pg)
                 elif name == "rebuild":
                     rows += W.rebuild(db, sizes)
                 elif name == "audit":

@@ -15,6 +15,10 @@ seconds of the server and of the clients are measured and reported.
 
 `run_batch` posts signed `settle_batch` commands (POST /v1/transfers/batch) the same way.
 
+With `refuse=True`, `run` posts transfers of more tonnes than the seller holds: each is refused
+422 insufficient_available after its signature verifies, so each is confirmed at the store's
+head and its signature stored as spent (the refusal path's full cost); a 422 counts as done.
+
     python -m benchmarks.http_load client SPEC_JSON   (a client process; the harness starts it)
 """
 
@@ -188,9 +192,10 @@ def _summary(results: list[dict[str, Any]], server_cpu_s: float) -> dict[str, An
 
 
 def run(*, seconds: float, procs: int, threads: int, workers: int, url: str | None = None,
-        reads_per_write: int = 0) -> dict[str, Any]:
+        reads_per_write: int = 0, refuse: bool = False) -> dict[str, Any]:
     """Signed transfers (and, with `reads_per_write`, public ticket reads after each) posted by
-    client processes at `carbon-ledger serve --workers N` on `url` (a fresh SQLite file if None)."""
+    client processes at `carbon-ledger serve --workers N` on `url` (a fresh SQLite file if None);
+    with `refuse`, transfers that are refused (see the module's docstring)."""
     from ledger.application import Registry
     from ledger.keys import Keyring
 
@@ -217,7 +222,7 @@ def run(*, seconds: float, procs: int, threads: int, workers: int, url: str | No
         url, keys, workers, d / "server.log", seconds,
         f"{workers} workers; starting {procs} client processes",
         lambda base: [{"base": base, "keys": str(keys), "per_thread": per_thread, "proc": p,
-                       "reads_per_write": reads_per_write, "mode": "single",
+                       "reads_per_write": reads_per_write, "mode": "single", "refuse": refuse,
                        "lanes": [[ln.exchange, ln.a, ln.b, ln.ticket_no]
                                  for ln in lanes[p * threads:(p + 1) * threads]]}
                       for p in range(procs)])
@@ -439,6 +444,8 @@ def client(spec: dict[str, Any]) -> None:
             requests = []
             for _ in range(spec["per_thread"]):
                 args = lane.next_transfer(f"H{spec['proc']}")
+                if spec.get("refuse"):  # more than the seller holds: refused, signature spent
+                    args["quantity_t"] = world.TICKET_T + 1
                 requests.append(prepare(key, "transfer", ex, f"trade/{ex}/{args['trade_id']}", args))
                 signed += 1
             prepared.append(requests)
@@ -447,6 +454,10 @@ def client(spec: dict[str, Any]) -> None:
     go = sys.stdin.readline().split()
     start, deadline = float(go[1]), float(go[2])
     out: list[dict[str, Any]] = [{} for _ in prepared]
+    refuse = bool(spec.get("refuse"))
+
+    def done(status: int) -> bool:
+        return status == 422 if refuse else 200 <= status < 300
 
     def worker(i: int) -> None:
         lat: list[float] = []
@@ -472,7 +483,7 @@ def client(spec: dict[str, Any]) -> None:
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                 continue
             ms = (time.perf_counter() - t0) * 1000
-            if 200 <= status < 300:
+            if done(status):
                 ok += 1
                 lat.append(ms)
                 for _ in range(reads_per_write):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -456,6 +457,106 @@ def http_scaling(sizes: Sizes, pg: PgScratch | None) -> list[Row]:
     return [Row("HTTP mixed read/write, 4 workers vs 1 (PostgreSQL)", four, "requests/s", one,
                 "1 worker, same load", target=">= 1.5 x 1 worker",
                 passed=ratio is not None and ratio >= 1.5, notes=note)]
+
+
+# The refusal path ------------------------------------------------------------------------------
+
+_REFUSAL_TAGS = itertools.count()  # trade ids of the refused transfers, unique per run
+
+def _refused_transfers(ours: Ours, n: int, tag: str, actor: str | None = None) -> list[Any]:
+    """`n` signed transfers that are refused: more tonnes than the seller holds (its signature
+    verifies, so it is spent), or, with `actor`, by a participant that is not registered (its
+    signature cannot be checked: a refusal confirmed by one read). The lanes' own transfers
+    (ours.stream) are left as they are."""
+    from ledger.signing import sign_with_keyring
+
+    keyring = ours.app.keyring
+    assert keyring is not None
+    out = []
+    for i in range(n):
+        lane = ours.lanes[i % len(ours.lanes)]
+        by = actor or lane.exchange
+        args = {"trade_id": f"{tag}-{i}", "seller": lane.a, "buyer": lane.b,
+                "ticket_no": lane.ticket_no, "quantity_t": world.TICKET_T + 1, "price": "10.00",
+                "mode": "negotiated"}
+        out.append(sign_with_keyring(keyring, "transfer", by, f"trade/{by}/{tag}-{i}", args,
+                                     int(time.time())))
+    return out
+
+
+def refusals(sizes: Sizes, pg: PgScratch | None) -> list[Row]:
+    """What a refusal costs now that it is confirmed at the store's head (and its signature
+    stored as spent) before it is reported, beside accepted transfers in the same rounds:
+    in-process on each store, and over HTTP with 1 and 2 workers (SQLite)."""
+    from benchmarks.http_load import run as run_http
+    from domain.errors import DomainError
+
+    rows: list[Row] = []
+    for store, *_ in _backends(pg):
+        d = scratch_dir(f"refuse-{store}")
+        url = (sqlite_url(d / "ours.db") if store == "SQLite"
+               else f"{pg.url}?schema={pg.schema('refuse')}" if pg else "")
+        ours = Ours(url, d / "keys", sizes.lanes)
+        assert ours.app.keyring is not None
+        ours.app.keyring.create("ghost")  # a key of no registered participant
+        per_round = sizes.single_per_round if store == "SQLite" else sizes.pg_single_per_round
+
+        def refuse(n: int, ghost: bool = False, ours: Ours = ours) -> float:
+            requests = _refused_transfers(ours, n, f"R{next(_REFUSAL_TAGS)}",
+                                          "ghost" if ghost else None)
+            execute = ours.app.execute
+            t = time.perf_counter()
+            for signed in requests:
+                try:
+                    execute(signed)
+                except DomainError:
+                    pass
+                else:
+                    raise AssertionError("a transfer of more than the seller holds was accepted")
+            return time.perf_counter() - t
+
+        ours.single(10)
+        refuse(5)
+        refuse(5, True)
+        cs = [Contender("accepted", ours.single, ours.close),
+              Contender("refused, spent", refuse, ours.close),
+              Contender("refused, unverifiable", lambda n, f=refuse: f(n, True), ours.close)]
+        try:
+            interleave(cs, sizes.rounds, per_round, f"refusals {store}")
+        finally:
+            ours.close()
+        accepted, spent, unverifiable = (median(c.rates) for c in cs)
+        note = (f"medians of {sizes.rounds} interleaved rounds of {per_round}; per round "
+                f"accepted {_rates(cs[0])}, refused and spent {_rates(cs[1])}, refused "
+                f"unverifiable {_rates(cs[2])}")
+        rows.append(Row(f"refused transfer (insufficient units, signature spent), {store}",
+                        spent, "refusals/s", accepted, "accepted single transfers, same rounds",
+                        target="(report)", notes=note))
+        rows.append(Row(f"refused transfer (unregistered actor), {store}", unverifiable,
+                        "refusals/s", accepted, "accepted single transfers, same rounds",
+                        target="(report)",
+                        notes="confirmed by one read of the versions it rests on; nothing stored"))
+    http: dict[tuple[int, bool], dict[str, Any]] = {}
+    for workers in HTTP_WORKERS:
+        for refuse_all in (False, True):
+            http[(workers, refuse_all)] = run_http(
+                seconds=sizes.http_seconds, procs=sizes.http_procs, threads=sizes.http_threads,
+                workers=workers, refuse=refuse_all)
+    for workers in HTTP_WORKERS:
+        refused, accepted = http[(workers, True)], http[(workers, False)]
+        rows.append(Row(f"HTTP refused transfers (signature spent), {workers} "
+                        f"worker{'s' if workers > 1 else ''}", refused["rate"], "refusals/s",
+                        accepted["rate"], "accepted transfers, same setup",
+                        target="(report)",
+                        notes=f"refused: {_http_note(refused, workers, sizes.http_procs, sizes.http_threads)}; "
+                              f"accepted: {_http_note(accepted, workers, sizes.http_procs, sizes.http_threads)}",
+                        extra={"p99_ms": refused["p99_ms"]}))
+    one, two = http[(1, True)]["rate"], http[(2, True)]["rate"]
+    rows.append(Row("HTTP refused transfers, 2 workers vs 1", two, "refusals/s", one,
+                    "1 worker, same load", target="(report)",
+                    notes="each refusal is confirmed and its signature stored in one short write "
+                          "transaction under the store's write lock, as a write is"))
+    return rows
 
 
 # (4)-(7) on the cached registry, each in a child process --------------------------------------

@@ -6,6 +6,15 @@ The record makes retries idempotent (same id and content: the first outcome come
 is written; same id, other content: `duplicate_command`). The versions of aggregates the command
 only read are re-checked inside that transaction (see ledger.store), and a conflict makes the
 command be decided again, a bounded number of times.
+
+A process may decide against a state that is behind the store (see _decision_state): a wrong
+"yes" is caught by those version checks, and a wrong "no" by the same idea run the other way. A
+refusal remembers the version of everything it read (0 for what did not exist), and is only
+reported once the store confirms that none of them has moved on; otherwise the command is
+decided again, caught up. So a refusal holds at the head of the log, whichever process or host
+decided it. A refused request whose signature verified is stored as spent in that same step
+(under the write lock), and no write is accepted with a spent signature: the very same signed
+request is refused as a `replay` ever after, whatever the state has become.
 """
 
 from __future__ import annotations
@@ -32,15 +41,34 @@ from domain.base import LedgerAggregate
 from domain.command import CommandRecord
 from domain.errors import DomainError
 from domain.genesis import Genesis
+from domain.participant import Participant
 from domain.trade import Trade
 from ledger import keys as K
-from ledger.authentication import authenticate, split_signatures, verify_now
+from ledger.authentication import SignatureJob, authenticate, split_signatures, verify_now
 from ledger.checkpoints import Checkpointer
 from ledger.handlers import Handlers, UnitOfWork
 from ledger.merkle import MerkleTree
 from ledger.projections import PAGE, SKIPPED_PREFIXES, Progress, Projection
-from ledger.signing import Signature, SignedCommand, parse_canonical, sign_with_keyring
-from ledger.store import db_url, environment, leaf_hashes
+from ledger.signing import (
+    WINDOW_FUTURE_S,
+    WINDOW_PAST_S,
+    Signature,
+    SignedCommand,
+    check_base,
+    parse_base,
+    parse_canonical,
+    sign_with_keyring,
+)
+from ledger.store import (
+    HELD,
+    MOVED,
+    SPENT,
+    SignatureSpent,
+    Spent,
+    db_url,
+    environment,
+    leaf_hashes,
+)
 from ledger.transcoder import MsgpackTranscoder
 
 MAX_ATTEMPTS = 20
@@ -64,14 +92,21 @@ def _fork_from(state: Projection, aggregate_id: UUID) -> LedgerAggregate | None:
     return None
 
 
+# The signature checks that passed while a command was decided (public key, signature, signed
+# text): when the same request is decided again (after a conflict, or to confirm a refusal at
+# the head), a check that passed is not made again; the key's status is checked every time.
+Verified = set[tuple[str, bytes, bytes]]
+
+
 class _Pending:
     """A command waiting in the group-commit queue, and then its outcome or its refusal."""
 
-    __slots__ = ("command", "signed", "outcome", "error", "done")
+    __slots__ = ("command", "signed", "verified", "outcome", "error", "done")
 
     def __init__(self, command: C.Command, signed: SignedCommand) -> None:
         self.command = command
         self.signed = signed
+        self.verified: Verified = set()
         self.outcome: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.done = False
@@ -93,6 +128,34 @@ class _Decision(NamedTuple):
     changed: list[LedgerAggregate]  # the aggregates the command changed (or created)
     read_set: list[tuple[UUID, int]]  # the versions of those it only read
     events: list[Any]  # what to record: the changed aggregates' events, then the command record
+    signature: bytes  # the actor's signature (a write is refused if it is spent)
+
+
+class _Refused(Exception):  # noqa: N818 - a refusal to confirm, not an error of its own
+    """A refusal decided against one state, and what it rests on: the version of everything
+    its decision read (0: it did not exist), and the request's signature to store as spent.
+    It is reported only once the store confirms it at the head (Registry._confirm)."""
+
+    def __init__(self, error: DomainError, read_set: list[tuple[UUID, int]],
+                 spent: Spent | None) -> None:
+        super().__init__(error.code)
+        self.error = error
+        self.read_set = read_set
+        self.spent = spent
+
+
+def _versions_loaded(uow: UnitOfWork) -> list[tuple[UUID, int]]:
+    """(id, version as loaded) of every aggregate the unit of work loaded, changed or not (0:
+    absent, as is one it created): a refusal can rest on anything its decision looked at."""
+    return [(agg_id, 0 if agg is None else agg.version - len(agg._pending_events))
+            for agg_id, agg in uow.loaded.items()]
+
+
+def _replay_of_refused(command: C.Command) -> DomainError:
+    return DomainError("replay", f"this signed request for command {command.command_id} was "
+                       "refused before; a signature is used once, whatever the outcome: sign the "
+                       "command again (new nonce) to have it decided afresh",
+                       command_id=command.command_id)
 
 
 class Registry(Application):
@@ -131,7 +194,8 @@ class Registry(Application):
     def execute(self, signed: SignedCommand) -> dict[str, Any]:
         """Verify, decide and record one signed command atomically; return its outcome.
 
-        Raises DomainError for every refusal; nothing is written then. Commands that arrive
+        Raises DomainError for every refusal; nothing is written to the log then. A refusal
+        is raised only once it holds at the store's head (see _confirm). Commands that arrive
         together from several threads are decided one after another and committed together
         (group commit): each keeps its own outcome, refusal and log position.
         """
@@ -189,49 +253,69 @@ class Registry(Application):
     def _execute_group(self, group: list[_Pending]) -> None:
         """Decide every command of `group` in order against the state the ones before it left,
         and record all of them in one transaction. If that transaction fails on a conflict
-        (another process wrote first), each command is decided and recorded on its own."""
+        (another process wrote first), each command is decided and recorded on its own.
+
+        A command refused in the group was refused against the group's state: the store as
+        this process last saw it, plus what the commands before it decided. Those are decided
+        again once the group is recorded and confirmed together at the head (_refuse_together);
+        the accepted ones are answered first and pay nothing for it."""
         if len(group) == 1:
             self._finish_alone(group[0])
             return
         decided: list[tuple[_Pending, _Decision]] = []
+        refused: list[_Pending] = []
         read_set: dict[UUID, int] = {}
-        with self._projection_lock:
-            state = self._decision_state()
-            decided_at = state.position
-            overlay: dict[UUID, LedgerAggregate] = {}
+        try:
+            with self._projection_lock:
+                state = self._decision_state()
+                decided_at = state.position
+                overlay: dict[UUID, LedgerAggregate] = {}
 
-            def load(aggregate_id: UUID) -> LedgerAggregate | None:
-                agg = overlay.get(aggregate_id)
-                return agg.fork() if agg is not None else _fork_from(state, aggregate_id)
+                def load(aggregate_id: UUID) -> LedgerAggregate | None:
+                    agg = overlay.get(aggregate_id)
+                    return agg.fork() if agg is not None else _fork_from(state, aggregate_id)
 
-            events_so_far = 0
-            for n, item in enumerate(group):
-                if events_so_far >= MAX_GROUP_EVENTS:  # big batches: the rest go in the next group
-                    with self._queue_lock:
-                        self._queue[:0] = group[n:]
-                    break
-                try:
-                    decision = self._decide(item.command, item.signed, state, load)
-                except Exception as e:  # noqa: BLE001 - each command gets its own refusal
-                    item.finish(error=e)
-                    continue
-                if isinstance(decision, dict):  # a retry of a command already recorded
-                    item.finish(outcome=decision)
-                    continue
-                for aggregate_id, version in decision.read_set:
-                    if aggregate_id not in overlay:
-                        read_set.setdefault(aggregate_id, version)
-                for agg in decision.changed:
-                    overlay[agg.id] = agg
-                decided.append((item, decision))
-                events_so_far += len(decision.events)
-        if not decided:
-            return
+                events_so_far = 0
+                for n, item in enumerate(group):
+                    if events_so_far >= MAX_GROUP_EVENTS:  # big batches: the rest go in the next group
+                        with self._queue_lock:
+                            self._queue[:0] = group[n:]
+                        break
+                    try:
+                        decision = self._decide(item.command, item.signed, state, load,
+                                                item.verified)
+                    except _Refused:
+                        refused.append(item)
+                        continue
+                    except Exception as e:  # noqa: BLE001 - each command gets its own refusal
+                        item.finish(error=e)
+                        continue
+                    if isinstance(decision, dict):  # a retry of a command already recorded
+                        item.finish(outcome=decision)
+                        continue
+                    for aggregate_id, version in decision.read_set:
+                        if aggregate_id not in overlay:
+                            read_set.setdefault(aggregate_id, version)
+                    for agg in decision.changed:
+                        overlay[agg.id] = agg
+                    decided.append((item, decision))
+                    events_so_far += len(decision.events)
+            if decided:
+                self._record_group(decided, list(read_set.items()), decided_at)
+        finally:
+            if refused:
+                self._refuse_together(refused)
+
+    def _record_group(self, decided: list[tuple[_Pending, _Decision]],
+                      read_set: list[tuple[UUID, int]], decided_at: int) -> None:
         events = [e for _, decision in decided for e in decision.events]
         try:
-            positions = self._record(events, list(read_set.items()), decided_at)
-        except IntegrityError:
-            for item, _ in decided:  # decide again, one by one, against what is now recorded
+            positions = self._record(events, read_set, decided_at,
+                                     [decision.signature for _, decision in decided])
+        except (IntegrityError, SignatureSpent):
+            # Another process wrote first, or one of the group is a refused request sent again:
+            # decide each again, on its own, against what is now recorded.
+            for item, _ in decided:
                 self._finish_alone(item)
             return
         except Exception as e:  # noqa: BLE001 - nothing was written: every command is refused
@@ -247,32 +331,48 @@ class Registry(Application):
 
     def _finish_alone(self, item: _Pending) -> None:
         try:
-            item.finish(outcome=self._execute(item.command, item.signed))
+            item.finish(outcome=self._execute(item.command, item.signed, item.verified))
         except Exception as e:  # noqa: BLE001 - handed to the caller's thread
             item.finish(error=e)
 
     def _decide(self, command: C.Command, signed: SignedCommand, state: Projection,
-                load: Callable[[UUID], LedgerAggregate | None],
+                load: Callable[[UUID], LedgerAggregate | None], verified: Verified,
                 ) -> dict[str, Any] | _Decision:
         """Authenticate and decide one command against `load`: the outcome of an earlier copy
-        (a retry), or what to record. Raises DomainError to refuse."""
+        (a retry), or what to record. Raises _Refused to refuse (a refusal to confirm at the
+        head), or DomainError for a refusal that rests on a record (`replay`,
+        `duplicate_command`: records stay). `verified`: the signature checks of this request
+        that passed before (see Verified); the ones that pass now are added."""
         digest = command.digest()
-        actor_sig, consents = split_signatures(command, signed)
         uow = UnitOfWork(load)
-        authenticate(uow, command, signed, actor_sig, consents, now=int(self.clock()),
-                     verify=verify_now)
-        prior = self._record_of(command.command_id, state)
+        now = int(self.clock())
+
+        def verify(job: SignatureJob) -> None:
+            check = (job.public_key, job.signature, job.message)
+            if check not in verified:
+                verify_now(job)
+                verified.add(check)
+
+        actor_sig: Signature | None = None
+        prior: CommandRecord | None = None
+        try:
+            actor_sig, consents = split_signatures(command, signed)
+            authenticate(uow, command, signed, actor_sig, consents, now=now, verify=verify)
+            prior = self._record_of(command.command_id, state)
+            if prior is None:
+                outcome = self._handlers[command.name](uow, command)
+        except DomainError as e:
+            # The refusal rests on what it read, and on the command id being free (the first
+            # copy of a retry may have committed from another process, unseen here): if the
+            # record appears before the refusal is confirmed, the command is decided again and
+            # answered as the retry it is.
+            record = CommandRecord.id_for(command.command_id)
+            known = 1 if record.hex in state.record_ids else 0
+            raise _Refused(e, [*_versions_loaded(uow), (record, known)],
+                           self._spent(e, command, signed, actor_sig, verified, uow, now)) from None
+        assert actor_sig is not None  # split_signatures gave it, or refused
         if prior is not None:
             return self._replayed(prior, command, digest, actor_sig)
-        try:
-            outcome = self._handlers[command.name](uow, command)
-        except DomainError:
-            # The first copy of this command may have committed meanwhile (from another
-            # process): then this is a retry, and it gets the first outcome.
-            prior = self._record_of(command.command_id)
-            if prior is not None:
-                return self._replayed(prior, command, digest, actor_sig)
-            raise
         outcome = {"command_id": command.command_id, "command": command.name, **outcome}
         record = CommandRecord.accept(
             actor=command.actor, command_id=command.command_id, name=command.name,
@@ -284,19 +384,103 @@ class Registry(Application):
             agg.check_invariants()
         read_set = uow.read_set()
         events = [e for agg in (*changed, record) for e in agg.collect_events()]
-        return _Decision(outcome, changed, read_set, events)
+        return _Decision(outcome, changed, read_set, events, actor_sig.signature)
+
+    @staticmethod
+    def _spent(error: DomainError, command: C.Command, signed: SignedCommand,
+               actor_sig: Signature | None, verified: Verified, uow: UnitOfWork,
+               now: int) -> Spent | None:
+        """The refused request's actor signature, to store as spent: when it verified, and is
+        recent enough to verify again later (older ones are refused as stale anyway).
+
+        A refusal that came before the signature was checked (not_authorized, a signature
+        outside the window) checks it now, with the actor's key as the refusal loaded it: a
+        signature that verifies is spent whatever refused it. One whose key is unknown or
+        revoked cannot be checked, and is not stored (nobody can fill the table with
+        signatures that do not verify)."""
+        if actor_sig is None:
+            return None
+        created = parse_base(actor_sig.base).params.get("created")
+        if not isinstance(created, int) or created < now - WINDOW_PAST_S:
+            return None
+        if not any(signature == actor_sig.signature for _, signature, _ in verified):
+            actor = uow.loaded.get(Participant.id_for(command.actor))
+            if command.name == "initialise" or not isinstance(actor, Participant):
+                return None
+            try:
+                public = actor.active_key(actor_sig.key_id)
+                check_base(actor_sig, body=signed.body, method=signed.method, path=signed.path,
+                           consent=False)
+            except DomainError:
+                return None
+            message = actor_sig.base.encode("utf-8")
+            if not K.verify(public, actor_sig.signature, message):
+                return None
+            verified.add((public, actor_sig.signature, message))
+        return Spent(actor_sig.signature, created, actor_sig.key_id, command.command_id,
+                     error.code)
+
+    def _confirm(self, refusals: list[_Refused], decided_at: int) -> list[str]:
+        """For each refusal, decided on the state at `decided_at`: HELD when nothing it read has
+        moved on at the store's head (its signature is then stored as spent, where it verified),
+        SPENT when the very same request was refused before, MOVED when it is to be decided
+        again, caught up. The refusals of a group are confirmed together: one query, or one
+        short write transaction when signatures are to be stored. An accepted command never
+        comes here."""
+        verdicts = self.recorder.confirm_refusals(
+            [(r.read_set, r.spent) for r in refusals], decided_at=decided_at,
+            forget_before=int(self.clock()) - WINDOW_PAST_S - WINDOW_FUTURE_S)
+        if MOVED in verdicts:
+            self._written_to = None  # another process wrote: catch up before deciding again
+        return verdicts
+
+    def _refuse_together(self, items: list[_Pending]) -> None:
+        """The commands refused in a group, decided again against the state the group left
+        (without the group's overlay) and confirmed together; one whose refusal does not hold,
+        or that is accepted now, is decided and written on its own."""
+        refusals: list[tuple[_Pending, _Refused]] = []
+        alone: list[_Pending] = []
+        with self._projection_lock:
+            state = self._decision_state()
+            decided_at = state.position
+            for item in items:
+                try:
+                    decision = self._decide(item.command, item.signed, state,
+                                            partial(_fork_from, state), item.verified)
+                except _Refused as refused:
+                    refusals.append((item, refused))
+                except Exception as e:  # noqa: BLE001 - each command gets its own refusal
+                    item.finish(error=e)
+                else:
+                    if isinstance(decision, dict):
+                        item.finish(outcome=decision)
+                    else:
+                        alone.append(item)
+        if refusals:
+            verdicts = self._confirm([refused for _, refused in refusals], decided_at)
+            for (item, refused), verdict in zip(refusals, verdicts, strict=True):
+                if verdict == HELD:
+                    item.finish(error=refused.error)
+                elif verdict == SPENT:
+                    item.finish(error=_replay_of_refused(item.command))
+                else:
+                    alone.append(item)
+        for item in alone:
+            self._finish_alone(item)
 
     def _record(self, events: list[Any], read_set: list[tuple[UUID, int]],
-                decided_at: int) -> list[int]:
+                decided_at: int, signatures: list[bytes]) -> list[int]:
         """Write the events in one transaction; return their log positions. `decided_at` is the
         log size the decision saw: when the log has not grown since, the read set needs no
-        check. When this process's projection and Merkle tree were at the log's end, they take
-        the new records as written (no read back)."""
+        check. The commands' actor `signatures` must not be spent (SignatureSpent: nothing is
+        written). When this process's projection and Merkle tree were at the log's end, they
+        take the new records as written (no read back)."""
         stored = self.to_stored(events)
         leaves = leaf_hashes(stored)
         try:
             positions = list(self.recorder.insert_events(stored, read_set=read_set, leaves=leaves,
-                                                         decided_at=decided_at) or ())
+                                                         decided_at=decided_at,
+                                                         signatures=signatures) or ())
         except IntegrityError:
             self._written_to = None  # another process wrote: catch up before deciding again
             raise
@@ -318,23 +502,40 @@ class Registry(Application):
     def to_stored(self, events: list[Any]) -> list[StoredEvent]:
         return [self.mapper.to_stored_event(e) for e in events]
 
-    def _execute(self, command: C.Command, signed: SignedCommand) -> dict[str, Any]:
+    def _execute(self, command: C.Command, signed: SignedCommand,
+                 verified: Verified | None = None) -> dict[str, Any]:
+        verified = set() if verified is None else verified
         for attempt in range(MAX_ATTEMPTS):
             # After two lost races, decide and write while no other process may write (where
             # the store can promise that), so that a busy writer elsewhere cannot starve this one.
             with self.recorder.exclusive() if attempt >= 2 else nullcontext():
                 # Decide against the in-process state (caught up with the log when this process
-                # was not the last to write); the store re-checks every version the decision used.
+                # was not the last to write); the store re-checks every version the decision
+                # used, for a write and for a refusal alike.
                 with self._projection_lock:
                     state = self._decision_state(check=attempt > 0)
                     decided_at = state.position
-                    decision = self._decide(command, signed, state, partial(_fork_from, state))
+                    try:
+                        decision = self._decide(command, signed, state, partial(_fork_from, state),
+                                                verified)
+                    except _Refused as refused:
+                        decision = refused
+                if isinstance(decision, _Refused):
+                    verdict, = self._confirm([decision], decided_at)
+                    if verdict == HELD:
+                        raise decision.error
+                    if verdict == SPENT:
+                        raise _replay_of_refused(command)
+                    continue  # it rested on something another process has changed since
                 if isinstance(decision, dict):
                     return decision
                 try:
-                    positions = self._record(decision.events, decision.read_set, decided_at)
+                    positions = self._record(decision.events, decision.read_set, decided_at,
+                                             [decision.signature])
                 except IntegrityError:
                     continue  # someone else wrote first (or this id was just used): decide again
+                except SignatureSpent:
+                    raise _replay_of_refused(command) from None
             if self.auto_checkpoint:
                 self.maybe_checkpoint(positions[-1])
             return {**decision.outcome, "position": positions[-1]}
@@ -430,10 +631,11 @@ class Registry(Application):
 
     def _decision_state(self, check: bool = False) -> Projection:
         """The state to decide commands against. When this process wrote the log's last records
-        and its projection took them (or a view has just caught up), no query is made: a decision is only as fresh as its
-        read set, which the store re-checks when it writes, so if another process has written
-        since, a command that depended on it conflicts, and is decided again after catching up.
-        Call with the projection lock held."""
+        and its projection took them (or a view has just caught up), no query is made: a
+        decision is only as fresh as what it read, which the store re-checks before a write is
+        recorded and before a refusal is reported (_confirm). So if another process has written
+        since, a command that depended on it is decided again after catching up, whether it
+        was to be accepted or refused. Call with the projection lock held."""
         projection = self._projection
         if not check and projection is not None and projection.position == self._written_to:
             return projection

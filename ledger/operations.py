@@ -29,7 +29,8 @@ BATCH = 2000
 
 def migrate(source: Registry, target: Registry,
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Copy every record, checkpoint and cosignature from `source` into an empty `target`."""
+    """Copy every record, checkpoint, cosignature and spent signature from `source` into an
+    empty `target`."""
     if target.log_position() > 0:
         raise DomainError("already_exists", f"the target registry {target.url} is not empty; a "
                           "migration only fills an empty one")
@@ -57,12 +58,16 @@ def migrate(source: Registry, target: Registry,
     cosignatures = source.recorder.select_cosignatures()
     for size, witness, key_id, signature in cosignatures:
         target.recorder.insert_cosignature(size, witness, key_id, signature)
+    # Signatures of refused requests still within their window: the target refuses them as
+    # replays too, if it serves before they expire.
+    spent = source.recorder.select_spent()
+    target.recorder.insert_spent(spent)
     source_root = source.log_tree(total).root_at(total)
     target_root = target.log_tree(total).root_at(total)
     if source_root != target_root:
         raise DomainError("log_inconsistent", "the target's Merkle root differs from the source's")
     return {"records": copied, "checkpoints": len(checkpoints), "cosignatures": len(cosignatures),
-            "root": b64(source_root), "target_root": b64(target_root), "from": source.url,
+            "spent_signatures": len(spent), "root": b64(source_root), "target_root": b64(target_root), "from": source.url,
             "to": target.url}
 
 

@@ -11,7 +11,13 @@ Two stores, one behaviour. Embedded SQLite (`sqlite:///path`) is the default; Po
   passes the versions it read, and the recorder re-checks them inside the write transaction
   after taking the lock; if one moved on, the transaction rolls back with StaleRead and the
   command is decided again. So the log is serialisable in its own order;
-* keep signed checkpoints and witness cosignatures beside the log.
+* keep signed checkpoints and witness cosignatures beside the log;
+* keep the signatures of refused commands beside the log too (`spent_signatures`): a refusal
+  writes nothing to the log, yet the very same signed request must not be accepted later. A
+  refusal whose signature verified is confirmed under the write lock and its signature stored;
+  every write checks, in its own transaction, that none of its signatures is stored. Rows are
+  dropped once their signature is older than the signature window (they could not verify
+  again). The table is not part of what the log commits to, and `verify` does not read it.
 
 PostgreSQL runs through `eventsourcing`'s persistence with POSTGRES_ENABLE_DB_FUNCTIONS left
 off: every insert transaction takes `LOCK TABLE … IN EXCLUSIVE MODE`, so commit order is log
@@ -28,6 +34,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -70,6 +77,28 @@ def leaf_hashes(stored_events: Sequence[StoredEvent]) -> list[bytes]:
 
 class StaleRead(IntegrityError):
     """An aggregate that a command read changed before the command's events were written."""
+
+
+HELD, MOVED, SPENT = "held", "moved", "spent"  # what confirm_refusals finds of a refusal
+
+
+class SignatureSpent(Exception):  # noqa: N818 - named for what it is, like StaleRead
+    """A signature of commands to be written is stored as spent: the very same signed request
+    was refused before. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class Spent:
+    """A refused command's actor signature, kept until it is too old to verify again."""
+
+    signature: bytes
+    created: int  # the signature's `created` parameter (unix seconds)
+    key_id: str
+    command_id: str
+    code: str  # the refusal's code
+
+    def row(self) -> tuple[bytes, int, str, str, str]:
+        return (self.signature, self.created, self.key_id, self.command_id, self.code)
 
 
 def db_url(url: str | None = None) -> str:
@@ -173,8 +202,9 @@ class LedgerTables:
             self._uuids[value] = found
         return found
 
-    def _lock(self, c: Any) -> None:
-        """Take the store's write lock before reading the head of the chain."""
+    def _lock(self, c: Any, notify: bool = True) -> None:
+        """Take the store's write lock before reading the head of the chain (and, with
+        `notify`, tell the other processes' followers that the log grows)."""
 
     def exclusive(self) -> Any:
         """A context in which no other process writes (where the store can give one cheaply):
@@ -182,11 +212,24 @@ class LedgerTables:
         starve. A no-op where the store has no such lock outside a transaction."""
         return nullcontext()
 
-    def _lock_and_read_head(self, c: Any) -> Any:
-        """Take the write lock; the head's row (size, chain), or None before the first write."""
-        self._lock(c)
+    def _lock_and_read_head(self, c: Any, notify: bool = True,
+                            signatures: Sequence[bytes] = ()) -> Any:
+        """Take the write lock; the head's row (size, chain), or None before the first write.
+        A store may also say in it whether any of `signatures` is spent (see _any_spent)."""
+        self._lock(c, notify)
         c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
         return c.fetchone()
+
+    def _any_spent(self, c: Any, signatures: Sequence[bytes], head: Any) -> bool:
+        """Whether any of `signatures` is stored as spent: as the head's row says, where the
+        statement that read it looked (the write pays no statement more for it), else by a
+        query."""
+        if head is not None and "spent" in head.keys():
+            return bool(head["spent"])
+        marks = ", ".join([self.P] * len(signatures))
+        c.execute(f"SELECT 1 FROM {self._t('spent_signatures')} WHERE signature IN ({marks}) "
+                  "LIMIT 1", list(signatures))
+        return c.fetchone() is not None
 
     @contextmanager
     def _reading(self, tuples: bool = False) -> Iterator[Any]:
@@ -198,22 +241,22 @@ class LedgerTables:
             yield c
 
     def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
-                leaves: Sequence[bytes] | None = None, decided_at: int | None = None) -> list[int]:
+                leaves: Sequence[bytes] | None = None, decided_at: int | None = None,
+                signatures: Sequence[bytes] = ()) -> list[int]:
         """Insert the records after the chain head, under the store's write lock, once every
         version in `read_set` is still the latest (checked before anything is inserted, so that
-        a group of commands may read what a later command of the same group changes).
+        a group of commands may read what a later command of the same group changes) and none
+        of the commands' actor `signatures` is spent (SignatureSpent).
 
         `decided_at` is the log size the versions were read at: if the log is still that size,
         nothing can have moved and the check is skipped."""
         P, head = self.P, self._t("ledger_head")
-        row = self._lock_and_read_head(c)
+        row = self._lock_and_read_head(c, signatures=signatures)
+        if signatures and self._any_spent(c, signatures, row):
+            raise SignatureSpent("a signature of this write was spent by an earlier refusal")
         size, chain = self._head_from(c, row)
         if read_set and size != decided_at:  # one query for every aggregate only read
-            marks = ", ".join([P] * len(read_set))
-            c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
-                      f"FROM {self._t(self.events_table_name)} WHERE originator_id IN ({marks}) "
-                      f"GROUP BY originator_id", [self._oid(a) for a, _ in read_set])
-            self._check_read_set(read_set, c.fetchall())
+            self._check_read_set(read_set, self._versions(c, [a for a, _ in read_set]))
         rows, ids, size, chain = self._chained_rows(stored_events, size, chain, leaves)
         c.executemany(
             f"INSERT INTO {self._t(self.events_table_name)} (originator_id, originator_version, "
@@ -246,6 +289,14 @@ class LedgerTables:
             ids.append(size)
         return rows, ids, size, chain
 
+    def _versions(self, c: Any, ids: Sequence[UUID]) -> list[Any]:
+        """The latest version of each of these aggregates that exists, as rows (id, v)."""
+        marks = ", ".join([self.P] * len(ids))
+        c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
+                  f"FROM {self._t(self.events_table_name)} WHERE originator_id IN ({marks}) "
+                  f"GROUP BY originator_id", [self._oid(a) for a in ids])
+        return c.fetchall()  # type: ignore[no-any-return]
+
     def _check_read_set(self, read_set: ReadSet, found: Sequence[Any]) -> None:
         current = {r["id"]: r["v"] for r in found}  # keyed as stored (see _oid)
         for aggregate_id, version in read_set:
@@ -262,6 +313,11 @@ class LedgerTables:
             f"CREATE TABLE IF NOT EXISTS {self._t('cosignatures')} ("
             f"size BIGINT NOT NULL, witness TEXT NOT NULL, key_id TEXT NOT NULL, "
             f"signature {blob} NOT NULL, PRIMARY KEY (size, witness))",
+            f"CREATE TABLE IF NOT EXISTS {self._t('spent_signatures')} ("
+            f"signature {blob} PRIMARY KEY, created BIGINT NOT NULL, key_id TEXT NOT NULL, "
+            f"command_id TEXT NOT NULL, code TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS spent_signatures_created "
+            f"ON {self._t('spent_signatures')} (created)",
         ]
 
     # Reading the log as records -------------------------------------------------------------
@@ -419,6 +475,79 @@ class LedgerTables:
             return [(r["size"], r["witness"], r["key_id"], bytes(r["signature"]))
                     for r in c.fetchall()]
 
+    # Refusals ------------------------------------------------------------------------------
+
+    def confirm_refusals(self, refusals: Sequence[tuple[ReadSet, Spent | None]], *,
+                         decided_at: int | None = None, forget_before: int = 0) -> list[str]:
+        """For each refusal, decided on the versions in its read set (0: the aggregate did not
+        exist): HELD when none of them has moved on, MOVED when one has (the command is to be
+        decided again), SPENT when its signature is stored as spent already (the very same
+        request was refused before).
+
+        The signatures of refusals that hold are stored in the same step, under the write lock,
+        so that no write of the very same request can come between the check and the store;
+        spent signatures created before `forget_before` are dropped then. Refusals with no
+        signature to store need a read only. `decided_at`: the log size the versions were read
+        at (if the log is still that size under the lock, nothing has moved)."""
+        ids = list(dict.fromkeys(a for read_set, _ in refusals for a, _ in read_set))
+        if all(spent is None for _, spent in refusals):
+            if not ids:
+                return [HELD] * len(refusals)
+            with self._reading() as c:
+                return self._verdicts(refusals, self._versions(c, ids))
+        P, table = self.P, self._t("spent_signatures")
+        with self._write_transaction() as c:
+            row = self._lock_and_read_head(c, notify=False)  # the log does not grow
+            size = row["size"] if row is not None else 0
+            verdicts = self._verdicts(refusals, self._versions(c, ids) if ids and size != decided_at
+                                      else None)
+            to_store = [spent for (_, spent), verdict in zip(refusals, verdicts, strict=True)
+                        if verdict == HELD and spent is not None]
+            c.execute(f"DELETE FROM {table} WHERE created < {P}", (forget_before,))
+            if to_store:
+                values = ", ".join([f"({P}, {P}, {P}, {P}, {P})"] * len(to_store))
+                c.execute(f"INSERT INTO {table} (signature, created, key_id, command_id, code) "
+                          f"VALUES {values} ON CONFLICT (signature) DO NOTHING RETURNING signature",
+                          [v for spent in to_store for v in spent.row()])
+                stored = {bytes(r["signature"]) for r in c.fetchall()}
+                verdicts = [SPENT if verdict == HELD and spent is not None
+                            and spent.signature not in stored else verdict
+                            for (_, spent), verdict in zip(refusals, verdicts, strict=True)]
+        return verdicts
+
+    def _verdicts(self, refusals: Sequence[tuple[ReadSet, Spent | None]],
+                  found: Sequence[Any] | None) -> list[str]:
+        """HELD or MOVED for each refusal, from the latest versions `found` (None: none moved)."""
+        if found is None:
+            return [HELD] * len(refusals)
+        current = {r["id"]: r["v"] for r in found}
+        oid = self._oid
+        return [MOVED if any(current.get(oid(a), 0) != v for a, v in read_set) else HELD
+                for read_set, _ in refusals]
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Any]:
+        """A cursor in a transaction that commits at the end (rolls back on an exception); its
+        first statement is to take the write lock (_lock_and_read_head)."""
+        with self.datastore.transaction(commit=True) as c:
+            yield c
+
+    def select_spent(self) -> list[tuple[bytes, int, str, str, str]]:
+        """The spent signatures kept: (signature, created, key id, command id, refusal code)."""
+        with self._reading() as c:
+            c.execute(f"SELECT signature, created, key_id, command_id, code "
+                      f"FROM {self._t('spent_signatures')} ORDER BY created, signature")
+            return [(bytes(r["signature"]), r["created"], r["key_id"], r["command_id"], r["code"])
+                    for r in c.fetchall()]
+
+    def insert_spent(self, rows: Sequence[tuple[bytes, int, str, str, str]]) -> None:
+        """Store spent signatures as they are (a migration copies them with the log)."""
+        P = self.P
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(f"INSERT INTO {self._t('spent_signatures')} (signature, created, "
+                          f"key_id, command_id, code) VALUES ({P}, {P}, {P}, {P}, {P}) "
+                          "ON CONFLICT (signature) DO NOTHING", list(rows))
+
 
 class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
     """The embedded store. Every write transaction first updates the chain head's row, which
@@ -432,8 +561,15 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
             *self.ledger_statements("BLOB"),
         ]
 
-    def _lock_and_read_head(self, c: Any) -> Any:
-        c.execute("UPDATE ledger_head SET size = size WHERE id = 1 RETURNING size, chain")
+    def _lock_and_read_head(self, c: Any, notify: bool = True,
+                            signatures: Sequence[bytes] = ()) -> Any:
+        if not signatures:
+            c.execute("UPDATE ledger_head SET size = size WHERE id = 1 RETURNING size, chain")
+            return c.fetchone()
+        marks = ", ".join(["?"] * len(signatures))
+        c.execute("UPDATE ledger_head SET size = size WHERE id = 1 RETURNING size, chain, "
+                  f"EXISTS (SELECT 1 FROM spent_signatures WHERE signature IN ({marks})) AS spent",
+                  list(signatures))
         return c.fetchone()
 
     _memory_signer = threading.Lock()
@@ -515,10 +651,15 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
     def exclusive(self) -> Any:
         return self._writer()
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Any]:
+        with self._writer(), self.datastore.transaction(commit=True) as c:
+            yield c
+
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
         return self._append(c, stored_events, kwargs.get("read_set") or (), kwargs.get("leaves"),
-                            kwargs.get("decided_at"))
+                            kwargs.get("decided_at"), kwargs.get("signatures") or ())
 
 
 class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
@@ -548,6 +689,12 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
 
     def _id_bytes(self, stored_id: Any) -> bytes:
         return stored_id.bytes
+
+    def _versions(self, c: Any, ids: Sequence[UUID]) -> list[Any]:
+        c.execute(f"SELECT originator_id AS id, MAX(originator_version) AS v "
+                  f"FROM {self._t(self.events_table_name)} WHERE originator_id = ANY(%s) "
+                  f"GROUP BY originator_id", (list(ids),))
+        return c.fetchall()  # type: ignore[no-any-return]
 
     RECORD_BYTES = "state, chain"  # (typed columns: bytea)
 
@@ -583,9 +730,10 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
                 conn.execute("SELECT pg_advisory_unlock(%s)", (self.SCHEMA_LOCK_KEY,))
                 conn.commit()
 
-    def _lock(self, c: Any) -> None:
+    def _lock(self, c: Any, notify: bool = True) -> None:
         self._lock_table(c)
-        self._notify_channel(c)
+        if notify:
+            self._notify_channel(c)
 
     FUSED_ROWS = 1500  # up to this many records, one statement inserts them (9,000 parameters)
 
@@ -602,7 +750,8 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
             try:
                 ids = self._append_fused(conn, stored_events, read_set, kwargs.get("leaves"),
                                          begun=held is not None,
-                                         decided_at=kwargs.get("decided_at"))
+                                         decided_at=kwargs.get("decided_at"),
+                                         signatures=kwargs.get("signatures") or ())
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -611,12 +760,12 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
 
     def _append_fused(self, conn: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
                       leaves: Sequence[bytes] | None, begun: bool = False,
-                      decided_at: int | None = None) -> list[int]:
+                      decided_at: int | None = None, signatures: Sequence[bytes] = ()) -> list[int]:
         if len(stored_events) > self.FUSED_ROWS:
             if not begun:
                 conn.execute("BEGIN")
             return self._append(conn.cursor(row_factory=dict_row), stored_events, read_set,
-                                leaves, decided_at)
+                                leaves, decided_at, signatures)
         c = conn.cursor(row_factory=dict_row)
         if begun:  # the lock is held already
             c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
@@ -635,18 +784,43 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
                f"originator_version, topic, state, notification_id, chain) VALUES {values}), "
                f"head AS (UPDATE {self._t('ledger_head')} SET size = %s, chain = %s WHERE id = 1) ")
         params += [size, chain]
+        # What the statement reads (as the table was before its insert): the read set's latest
+        # versions, and a row with v = -1 for any of the signatures that is spent.
+        reads = []
         if read_set:
-            sql += (f"SELECT originator_id AS id, MAX(originator_version) AS v "
-                    f"FROM {self._t(self.events_table_name)} WHERE originator_id = ANY(%s) "
-                    f"GROUP BY originator_id")
+            reads.append(f"SELECT originator_id AS id, MAX(originator_version) AS v "
+                         f"FROM {self._t(self.events_table_name)} WHERE originator_id = ANY(%s) "
+                         f"GROUP BY originator_id")
             params.append([a for a, _ in read_set])
-        else:
-            sql += "SELECT NULL AS id, NULL AS v WHERE false"
+        if signatures:
+            reads.append(f"(SELECT NULL::uuid AS id, -1::bigint AS v "
+                         f"FROM {self._t('spent_signatures')} WHERE signature = ANY(%s) LIMIT 1)")
+            params.append(list(signatures))
+        sql += " UNION ALL ".join(reads) if reads else "SELECT NULL AS id, NULL AS v WHERE false"
         c.execute(sql, params)
-        self._check_read_set(read_set, c.fetchall())
+        found = c.fetchall()
+        if signatures and any(r["v"] == -1 for r in found):
+            raise SignatureSpent("a signature of this write was spent by an earlier refusal")
+        self._check_read_set(read_set, found)
         return ids
 
     _begin: str | None = None
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Any]:
+        """In this thread's exclusive turn, its transaction (which holds the lock already and
+        ends here, as insert_events ends it); else a new one."""
+        held = getattr(self._held, "conn", None)
+        self._held.conn = None
+        with nullcontext(held) if held is not None else self.datastore.get_connection() as conn:
+            try:
+                if held is None:
+                    conn.execute("BEGIN")
+                yield conn.cursor(row_factory=dict_row)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from domain import commands as C
 from domain.errors import CODES, DomainError
@@ -30,9 +39,11 @@ from ledger.proofs import bundle as proof_bundle
 from ledger.runtime import tune_collector
 from ledger.store import DEFAULT_DB, ENV_DB, db_url
 
-# Piped output is not cut to 80 columns: tables stay whole in logs and CI.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: tables stay whole in logs and CI. On a terminal, rich
+# wraps sentences between words at its width (the terminal itself would cut words in two).
+out = Console(highlight=False, soft_wrap=not sys.stdout.isatty(),
+              width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -391,11 +402,24 @@ def _genesis_key(app: Registry) -> str:
     return genesis.operator_key
 
 
+class _CountColumn(ProgressColumn):
+    """"1,234/5,678 records"; before the total is known (the first report), "1,234 records"."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        done = f"{int(task.completed):,}"
+        return Text(f"{done}/{int(task.total):,} {self.unit}" if task.total is not None
+                    else f"{done} {self.unit}")
+
+
 def _audit_progress(label: str, unit: str = "records") -> tuple[Progress, Callable[[int, int], None]]:
     """A progress bar on stderr (shown on a terminal only), fed with (done, total)."""
-    bar = Progress(TextColumn(label), BarColumn(), TaskProgressColumn(),
-                   TextColumn("{task.completed:,}/{task.total:,} " + unit), TimeRemainingColumn(),
-                   console=err, transient=False, disable=not err.is_terminal)
+    bar = Progress(TextColumn(label), BarColumn(), TaskProgressColumn(), _CountColumn(unit),
+                   TimeRemainingColumn(), console=err, transient=False,
+                   disable=not err.is_terminal)
     task = bar.add_task(label, total=None)
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
 

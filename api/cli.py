@@ -37,7 +37,7 @@ from ledger.projections import Progress as ProjectionProgress
 from ledger.proofs import ProofError, verify_bundle
 from ledger.proofs import bundle as proof_bundle
 from ledger.runtime import tune_collector
-from ledger.store import DEFAULT_DB, ENV_DB, db_url
+from ledger.store import DEFAULT_DB, ENV_DB, db_url, require_registry
 
 # Piped output is not cut to 80 columns: tables stay whole in logs and CI. On a terminal, rich
 # wraps sentences between words at its width (the terminal itself would cut words in two).
@@ -61,8 +61,10 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 _opened: list[Registry] = []
 
 
-def _open(args: argparse.Namespace) -> Registry:
-    app = Registry(args.db, keyring=Keyring(_keys_dir(args)))
+def _open(args: argparse.Namespace, create: bool = False) -> Registry:
+    """The registry of --db; only `init` may make one (any other command on a missing or empty
+    store is refused with no_registry)."""
+    app = Registry(args.db, keyring=Keyring(_keys_dir(args)), create=create)
     _opened.append(app)  # closed when the command ends, so its files are settled
     return app
 
@@ -76,7 +78,7 @@ def _progress_bar(label: str) -> tuple[Progress, Callable[[ProjectionProgress], 
 # Commands ---------------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
-    app = _open(args)
+    app = _open(args, create=True)
     if app.log_position() > 0:
         raise DomainError("already_exists", f"the registry at {app.url} is initialised already; "
                           "init never overwrites a registry")
@@ -528,10 +530,14 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from api.server import ENV_KEYS
+    from api.server import ENV_ALLOW_EMPTY, ENV_KEYS
     from api.serving import serve
 
     url = db_url(args.db)
+    if args.allow_empty:
+        os.environ[ENV_ALLOW_EMPTY] = "1"
+    else:
+        require_registry(url)
     os.environ[ENV_DB] = url
     os.environ[ENV_KEYS] = str(_keys_dir(args))
     err.print(f"serving {url} at http://{args.host}:{args.port} ({args.workers} worker"
@@ -540,9 +546,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    source = Registry(args.source)
+    source = Registry(args.source, create=False)
+    _opened.append(source)
     target = Registry(args.target)
-    _opened.extend((source, target))
+    _opened.append(target)
     bar, update = _audit_progress("migrating")
     with bar:
         result = migrate(source, target, update)
@@ -745,6 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="serve a missing or empty registry (made on start), to be initialised "
+                   "by a signed `initialise` over POST /v1/commands")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("rotate-key", parents=[common, reads],

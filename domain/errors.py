@@ -53,6 +53,7 @@ CODES: dict[str, str] = {
     "operation_failed": "an operation on the store (backup, restore, migration) did not complete",
     "store_unavailable": "the store could not be reached, or stayed busy too long; retry with the "
     "same command id",
+    "no_registry": "the database holds no registry: it does not exist, or was never initialised",
 }
 
 

@@ -40,7 +40,7 @@ from ledger.handlers import Handlers, UnitOfWork
 from ledger.merkle import MerkleTree
 from ledger.projections import PAGE, SKIPPED_PREFIXES, Progress, Projection
 from ledger.signing import Signature, SignedCommand, parse_canonical, sign_with_keyring
-from ledger.store import db_url, environment, leaf_hashes
+from ledger.store import db_url, environment, leaf_hashes, require_registry
 from ledger.transcoder import MsgpackTranscoder
 
 MAX_ATTEMPTS = 20
@@ -103,8 +103,11 @@ class Registry(Application):
 
     def __init__(self, url: str | None = None, env: dict[str, str] | None = None, *,
                  keyring: K.Keyring | None = None, clock: Callable[[], float] = time.time,
-                 auto_checkpoint: bool = True, group_commit: bool = True) -> None:
+                 auto_checkpoint: bool = True, group_commit: bool = True,
+                 create: bool = True) -> None:
         self.url = db_url(url)
+        if not create:  # open a registry that is there, never make one (see require_registry)
+            require_registry(self.url)
         self.keyring = keyring
         self.clock = clock
         merged = environment(self.url)

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -41,7 +42,9 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.sql import SQL, Identifier
 
 from domain.base import uuid_of_int
+from domain.errors import DomainError
 from ledger import merkle
+from ledger.demo import demo_registry_path
 from ledger.records import GENESIS_CHAIN, Record, next_chain, record_bytes, record_bytes_of
 
 DEFAULT_DB = "sqlite:///var/registry.db"
@@ -89,6 +92,101 @@ def sqlite_path(url: str) -> str | None:
 
 def is_postgres(url: str) -> bool:
     return urlparse(url).scheme in ("postgresql", "postgres")
+
+
+def shown_url(url: str) -> str:
+    """The URL as it may be printed: without a password."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.rsplit("@", 1)[1]
+    user = f"{parsed.username}@" if parsed.username else ""
+    return parsed._replace(netloc=user + netloc).geturl()
+
+
+def require_registry(url: str) -> None:
+    """Refuse (`no_registry`) a store that holds no registry — a missing SQLite file or
+    PostgreSQL database, or one with no genesis record — without creating anything.
+
+    Every command but those that make a registry (init, restore, migrate's target) opens its
+    store through this check: a verifier or a read on a mistyped path must fail, not pass on an
+    empty file it has just made."""
+    path = sqlite_path(url)
+    if path is not None:
+        if path == ":memory:":
+            problem = "is empty (an in-memory store is new every time)"
+        else:
+            problem = _sqlite_problem(Path(path))
+    elif is_postgres(url):
+        problem = _postgres_problem(url)
+    else:
+        environment(url)  # raises ValueError naming the URL forms
+        return
+    if problem is not None:
+        raise DomainError("no_registry", _no_registry_sentence(url, problem), db=shown_url(url))
+
+
+def _sqlite_problem(path: Path) -> str | None:
+    if not path.exists():
+        return f"the file {path} does not exist"
+    if path.is_dir():
+        return f"{path} is a folder, not a registry file"
+    try:
+        # Read-only and never created: an empty or foreign file is looked at, not changed.
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "ledger_head" not in tables:
+                return "is empty (no genesis record: it was never initialised)"
+            row = con.execute("SELECT size FROM ledger_head WHERE id = 1").fetchone()
+    except sqlite3.DatabaseError as e:
+        return f"the file is not an SQLite database ({e})"
+    if not row or not row[0]:
+        return "is empty (no genesis record: it was never initialised)"
+    return None
+
+
+def _postgres_problem(url: str) -> str | None:
+    env = environment(url)
+    schema = env.get("POSTGRES_SCHEMA") or "public"
+    try:
+        conn = psycopg.connect(dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"],
+                               port=env["POSTGRES_PORT"], user=env["POSTGRES_USER"],
+                               password=env["POSTGRES_PASSWORD"] or None,
+                               connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "10")))
+    except psycopg.OperationalError as e:
+        text = str(e)
+        if "does not exist" in text and "database" in text:
+            return f"database {env['POSTGRES_DBNAME']} does not exist"
+        first = text.strip().splitlines()[0] if text.strip() else repr(e)
+        raise DomainError("store_unavailable", f"the store {shown_url(url)} could not be reached "
+                          f"({first})") from None
+    with conn:
+        found = conn.execute("SELECT to_regclass(%s)",
+                             (f'"{schema}"."ledger_head"',)).fetchone()
+        if found is None or found[0] is None:
+            return f"is empty (schema {schema} holds no registry: it was never initialised)"
+        row = conn.execute(SQL("SELECT size FROM {0}.ledger_head WHERE id = 1").format(
+            Identifier(schema))).fetchone()
+    if not row or not row[0]:
+        return "is empty (no genesis record: it was never initialised)"
+    return None
+
+
+def _no_registry_sentence(url: str, problem: str) -> str:
+    shown = shown_url(url)
+    if problem.startswith("is "):
+        sentence = f"the registry at {shown} {problem}"
+    else:
+        sentence = f"no registry at {shown}: {problem}"
+    sentence += (f". Make one with `carbon-ledger init --db {shown}` (or restore a backup into "
+                 "it), or run ops/demo for the demo registry")
+    demo = demo_registry_path()
+    if demo is not None:
+        demo_url = f"sqlite:///{demo}"
+        if demo_url != url and _sqlite_problem(demo) is None:
+            sentence += (f"; the demo's registry is {demo_url} (export "
+                         f"CARBON_LEDGER_DB={demo_url})")
+    return sentence
 
 
 def environment(url: str) -> dict[str, str]:

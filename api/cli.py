@@ -37,7 +37,16 @@ from ledger.projections import Progress as ProjectionProgress
 from ledger.proofs import ProofError, verify_bundle
 from ledger.proofs import bundle as proof_bundle
 from ledger.runtime import tune_collector
-from ledger.store import DEFAULT_DB, ENV_DB, db_url, require_registry
+from ledger.store import (
+    DEFAULT_DB,
+    ENV_DB,
+    db_url,
+    require_not_served,
+    require_registry,
+    served_by,
+    serving,
+    shown_url,
+)
 
 # Piped output is not cut to 80 columns: tables stay whole in logs and CI. On a terminal, rich
 # wraps sentences between words at its width (the terminal itself would cut words in two).
@@ -542,7 +551,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ[ENV_KEYS] = str(_keys_dir(args))
     err.print(f"serving {url} at http://{args.host}:{args.port} ({args.workers} worker"
               f"{'s' if args.workers != 1 else ''}); docs at /docs")
-    return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    with serving(url):  # so that ops/demo does not delete the file under this server
+        return serve(host=args.host, port=args.port, workers=args.workers,
+                     log_level=args.log_level)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Where the registry is, whether it holds one, and which processes serve it; never makes one."""
+    url = db_url(args.db)
+    try:
+        require_registry(url)
+        problem = None
+    except DomainError as e:
+        if e.code != "no_registry":
+            raise
+        problem = e.message
+    records = origin = None
+    if problem is None:
+        app = _open(args)
+        records = app.log_position()
+        genesis = app.projection().genesis
+        origin = genesis.origin if genesis is not None else None
+    if args.idle:
+        require_not_served(url)
+    pids = served_by(url)
+    if args.json:
+        _print_json({"db": shown_url(url), "registry": problem is None, "records": records,
+                     "origin": origin, "served_by": pids, "problem": problem})
+    else:
+        if problem is None:
+            out.print(f"registry {origin} at {shown_url(url)}: {records:,} records")
+        else:
+            out.print(problem)
+        out.print(f"served by process {', '.join(map(str, pids))}" if pids else "not served")
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -756,6 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve a missing or empty registry (made on start), to be initialised "
                    "by a signed `initialise` over POST /v1/commands")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", parents=[common, reads],
+                       help="where the registry is, its size, and which processes serve it")
+    p.add_argument("--idle", action="store_true",
+                   help="exit 1 (registry_served) when a server holds the registry")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("rotate-key", parents=[common, reads],
                        help="rotate a participant's key (signed by the old key, or the operator's)")

@@ -54,6 +54,7 @@ CODES: dict[str, str] = {
     "store_unavailable": "the store could not be reached, or stayed busy too long; retry with the "
     "same command id",
     "no_registry": "the database holds no registry: it does not exist, or was never initialised",
+    "registry_served": "a server is serving the registry, and the operation needs it to itself",
 }
 
 

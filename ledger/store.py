@@ -231,6 +231,79 @@ def environment(url: str) -> dict[str, str]:
                      "postgresql://USER@HOST:PORT/DBNAME")
 
 
+def _serve_lock_path(url: str) -> Path | None:
+    path = sqlite_path(url)
+    return None if path in (None, ":memory:") else Path(f"{path}.serve.lock")
+
+
+@contextmanager
+def serving(url: str) -> Iterator[None]:
+    """Held by `carbon-ledger serve` for its whole life: a shared lock on `<db>.serve.lock`
+    beside an SQLite registry, whose lines are the serving processes' ids.
+
+    Shared, so that several servers may serve one file; whoever wants the file to itself (such
+    as ops/demo, which deletes and rebuilds its registry) asks `served_by` first. The kernel
+    drops the lock when the process ends, however it ends. A PostgreSQL registry has no file
+    to lock: its servers are not recorded."""
+    path = _serve_lock_path(url)
+    if path is None:
+        yield
+        return
+    with open(path, "a+") as f:
+        try:  # alone: forget the ids of servers that are gone
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            f.truncate(0)
+        except BlockingIOError:
+            fcntl.flock(f, fcntl.LOCK_SH)  # others serve: wait out a brief served_by only
+        else:
+            fcntl.flock(f, fcntl.LOCK_SH)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def served_by(url: str) -> list[int]:
+    """The ids of the processes serving the registry now (an SQLite file's servers)."""
+    path = _serve_lock_path(url)
+    if path is None or not path.exists():
+        return []
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return []  # the lock was free: nobody serves, whatever ids the file still lists
+        pids = [int(line) for line in f.read().split() if line.isdigit()]
+    return sorted({pid for pid in pids if _alive(pid)})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def require_not_served(url: str) -> None:
+    """Refuse (`registry_served`) while a server holds the registry."""
+    pids = served_by(url)
+    if pids:
+        which = ", ".join(str(p) for p in pids)
+        raise DomainError(
+            "registry_served", f"the registry at {shown_url(url)} is being served by process"
+            f"{'es' if len(pids) > 1 else ''} {which} (carbon-ledger serve); stop "
+            f"{'them' if len(pids) > 1 else 'it'} first (Ctrl-C where it runs, or kill {which})",
+            db=shown_url(url), pids=pids)
+
+
 def _hex_id_bytes(stored_id: Any) -> bytes:
     """The 16 bytes of an id stored as hex text; b"" for anything else (the record's bytes then
     differ from the ones its chain value covers)."""

@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -27,6 +29,7 @@ from domain import commands as C
 from domain.errors import CODES, DomainError
 from domain.genesis import Genesis
 from ledger import demo as demo_story
+from ledger import narration
 from ledger.application import Registry
 from ledger.audit import AuditReport, audit_database, audit_export, export
 from ledger.checkpoints import checkpoint_json, witness
@@ -136,27 +139,24 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     app = _open(args)
     projection = app.projection()
-    steps = list(demo_story.story())
-    if projection.genesis is not None:
-        if len(projection.participants) > 1 or projection.tickets:
-            raise DomainError("already_exists", f"the registry at {app.url} is not empty; the demo "
-                              "loads into a registry just made by init, or a new database")
-        steps = [s for s in steps if s[0] != "initialise"]
-    table = Table(title="demo story", show_lines=False)
-    for col in ("#", "command", "actor", "id", "result"):
-        table.add_column(col)
+    if len(projection.participants) > 1 or projection.tickets:
+        raise DomainError("already_exists", f"the registry at {app.url} is not empty; the demo "
+                          "loads into a registry just made by init")
+    # The genesis is init's: the story's own initialise is skipped.
+    steps = [s for s in demo_story.story() if s[0] != "initialise"]
+    done: list[narration.Step] = []
     refusals = 0
     started = time.perf_counter()
-    for i, (name, actor, command_id, cargs) in enumerate(steps, 1):
+    for name, actor, command_id, cargs in steps:
         try:
             outcome = app.submit(name, actor, command_id, cargs)
-            table.add_row(str(i), name, actor, command_id, _summary(outcome))
+            done.append(narration.Step(name, actor, command_id, cargs, outcome))
         except DomainError as e:
             expected = demo_story.EXPECTED_REFUSALS.get(command_id)
             if expected != e.code:
                 raise
             refusals += 1
-            table.add_row(str(i), name, actor, command_id, f"[red]refused {e.code}[/]: {e.message}")
+            done.append(narration.Step(name, actor, command_id, cargs, refusal=(e.code, e.message)))
     elapsed = time.perf_counter() - started
     checkpointer = app.operator_checkpointer()
     if checkpointer is not None:
@@ -165,14 +165,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         witness(app, "fujian-eco", app.keyring.get("fujian-eco"),
                 _keys_dir(args) / "fujian-eco.witness.json", _genesis_key(app))
     projection = app.projection()
+
+    def name_of(participant_id: str) -> str:
+        try:
+            return projection.participant(participant_id)["name"]
+        except DomainError:
+            return participant_id
+
+    story = narration.narrate(done, name_of)
     if args.json:
         _print_json({"db": app.url, "commands": len(steps), "refused": refusals,
                      "position": projection.position,
+                     "story": [{"chapter": line.chapter, "text": line.text,
+                                "refused": line.refused} for line in story],
                      "balances": {h: projection.balances(h) for h in DEMO_HOLDERS}})
         return 0
-    out.print(table)
-    out.print(f"{len(steps)} commands ({refusals} refused as the story expects) in {elapsed:.2f} s; "
-              f"log position {projection.position}")
+    _print_story(story)
+    out.print(f"{len(steps)} commands, {refusals} refused as the story expects, in "
+              f"{elapsed:.2f} s; log position {projection.position}")
+    out.print()
     for holder in DEMO_HOLDERS:
         _print_balances(projection.balances(holder))
     _print_ticket(projection.ticket("SM-0000002"))
@@ -183,15 +194,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_story(lines: list[narration.Line]) -> None:
+    """Each chapter under its heading; a sentence wraps under itself, not under the bullet."""
+    chapter = None
+    grid: Table | None = None
+    for line in lines:
+        if line.chapter != chapter:
+            if grid is not None:
+                out.print(grid)
+            chapter = line.chapter
+            out.print(f"[bold]{escape(chapter)}[/]")
+            grid = Table.grid(padding=(0, 1))
+            grid.add_column(width=2, justify="right")
+            grid.add_column(overflow="fold")
+        assert grid is not None
+        mark = "[red]✗[/]" if line.refused else "·"
+        grid.add_row(mark, f"[red]{escape(line.text)}[/]" if line.refused else escape(line.text))
+    if grid is not None:
+        out.print(grid)
+    out.print()
+
+
 DEMO_HOLDERS = ("changkou-village", "jinsen-carbon", "tonghai-nickel")
-
-
-def _summary(outcome: dict[str, Any]) -> str:
-    keys = ("participant_id", "project_id", "ticket_no", "trade_id", "pledge_id", "policy_id",
-            "claim_id", "retirement_id", "entity", "holder", "quantity_t", "pledged_t", "covered_t",
-            "status", "payout")
-    parts = [f"{k}={outcome[k]}" for k in keys if k in outcome and outcome[k] not in ("", None)]
-    return ", ".join(parts) or "ok"
 
 
 def _as_of(args: argparse.Namespace, app: Registry):
@@ -267,13 +291,17 @@ def _print_ticket(view: dict[str, Any]) -> None:
               f"{view['period_start']}..{view['period_end']}: issued {view['issued_t']:,} t = "
               f"{view['available_t']:,} available + {view['pledged_t']:,} pledged + "
               f"{view['retired_t']:,} retired + {view['cancelled_t']:,} cancelled")
-    table = Table()
-    for col in ("first serial", "last serial", "t", "holder", "state", "by"):
-        table.add_column(col, justify="right" if col == "t" else "left")
+    # Serials as numbers within the ticket named above, and no vertical rules: the demo's blocks
+    # fit 80 columns whole, with no id cut short.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("serials", "t", "holder", "state", "by"):
+        table.add_column(col, justify="right" if col == "t" else "left", no_wrap=True)
+    prefix = f"{view['ticket_no']}-"
     for b in view["blocks"]:
         by = b.get("pledge_id") or b.get("retirement_id") or b.get("cancelled_by") or ""
-        table.add_row(b["first_serial"], b["last_serial"], f"{b['quantity_t']:,}", b["holder"],
-                      b["state"], by)
+        table.add_row(f"{b['first_serial'].removeprefix(prefix)}–"
+                      f"{b['last_serial'].removeprefix(prefix)}", f"{b['quantity_t']:,}",
+                      b["holder"], b["state"], by)
     out.print(table)
 
 
@@ -318,8 +346,9 @@ def _print_compliance(view: dict[str, Any]) -> None:
         out.print(f"no verified emissions recorded for {view['entity']} in {view['scheme']} "
                   f"{view['period']}")
         return
-    table = Table(title=f"compliance {view['entity']} {view['scheme']} {view['period']}: verified "
-                  f"emissions {view['verified_emissions_t']:,} t")
+    out.print(f"compliance {view['entity']} {view['scheme']} {view['period']}: verified "
+              f"emissions {view['verified_emissions_t']:,} t")
+    table = Table()
     for col in ("offsets", "limit", "limit t", "used t", "remaining t"):
         table.add_column(col, justify="left" if col == "offsets" else "right")
     for std, s in view["standards"].items():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +148,29 @@ def test_long_commands_are_quiet_when_piped(small_registry: tuple[Path, str, str
         assert done.stderr == "", (name, done.stderr)
         assert re.fullmatch(final, done.stdout.strip().splitlines()[-1]), (name, done.stdout)
 
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_ops_demo_tells_its_story_within_the_terminal(tmp_path: Path, width: int,
+                                                     request: pytest.FixtureRequest) -> None:
+    """`ops/demo --no-serve` as a person runs it: the story in sentences, the figures, the audit
+    and the lines to paste, every line within the terminal's width and no id cut short."""
+    # A short folder, as a checkout's var/demo/ is: the pasted lines hold its path whole.
+    folder = Path(tempfile.mkdtemp(prefix="demo-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
+    run = in_terminal([str(REPO / "ops" / "demo"), "--no-serve"], width, tmp_path,
+                      CARBON_LEDGER_DEMO_DIR=str(folder))
+    assert run.status == 0, run.raw
+    assert "Traceback" not in run.raw
+    assert run.final_line == "  carbon-ledger balances jinsen-carbon"
+    assert run.fits(width), [line for line in run.lines if cell_len(line) > width]
+    assert "…" not in run.raw  # rich's mark of a cell it had to cut
+    text = " ".join(" ".join(run.lines).split())
+    for expected in ("签发 Issuance", "质押 Pledge", "保险 Insurance", "履约 Compliance",
+                     "2022-03: a fire destroys 500 t;",
+                     "it pays ¥5,000.00 to 兴业银行三明分行 (pledgee of PL-2021-001).",
+                     "37 commands, 1 refused as the story expects",
+                     "issued 9,000 t = 183 available + 7,794 pledged + 523 retired + 500 cancelled",
+                     "reversal:CLM-2022-001", "verifying", "proven as of checkpoint",
+                     f"export CARBON_LEDGER_DB=sqlite:///{folder}/registry.db"):
+        assert expected in text, expected

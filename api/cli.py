@@ -683,7 +683,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         finally:
             client.close()
     else:
-        outcome = _open(args).submit(command.name, command.actor, command.command_id, data["args"])
+        # An `initialise` makes the registry, as init does; any other command needs one.
+        outcome = _open(args, create=command.name == "initialise").submit(
+            command.name, command.actor, command.command_id, data["args"])
     _print_json(outcome)
     return 0
 

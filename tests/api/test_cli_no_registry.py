@@ -158,3 +158,18 @@ def test_the_server_app_refuses_to_start_on_a_missing_registry(
     with TestClient(create_app()) as client:
         assert client.get("/healthz").status_code == 200
     assert (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("name", ["balances", "verify", "export", "demo"])
+def test_an_uninitialised_postgres_schema_is_refused_and_not_created(
+        name: str, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import psycopg
+
+    code, out, err = run(capsys, [*argv_for(name, tmp_path), "--db", pg_url,
+                                  "--keys", str(tmp_path / "keys")])
+    assert code == 1, (out, err)
+    assert "error no_registry:" in err and "is empty" in err
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                            (schema,)).fetchone() is None

@@ -7,16 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,53 +44,16 @@ def examples() -> list[tuple[int, str, str | None]]:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def demo_server(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """A checkout-like folder whose var/demo/ ops/demo just built and serves on a free port."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("CARBON_LEDGER_DB", "CARBON_LEDGER_KEYS")}
-    env["CARBON_LEDGER_DEMO_DIR"] = str(tmp_path / "var" / "demo")
-    log = tmp_path / "demo.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen([str(REPO / "ops" / "demo"), "--port", str(port)], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                   cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield tmp_path, port
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-
-
 def test_the_python_examples_print_what_the_page_shows(
-        demo_server: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    root, port = demo_server
+        served_demo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, base = served_demo.folder.parent.parent, served_demo.base_url
     monkeypatch.chdir(root)  # "at the repository's root": var/demo/ is the demo's
     found = examples()
     assert len(found) >= 10
     session: dict[str, object] = {"__name__": "api_md_session"}
     compared = 0
     for line, code, shown in found:
-        code = code.replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
+        code = code.replace("http://127.0.0.1:8000", base)
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             exec(compile(code, f"docs/api.md:{line}", "exec"), session)  # noqa: S102

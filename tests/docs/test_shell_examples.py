@@ -156,7 +156,7 @@ def run_script(script: str, folder: Path, env: dict[str, str]) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def demo_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder whose var/registry.db (the default --db) holds the demo story."""
     folder = tmp_path_factory.mktemp("docs-demo")
     made = run_script("carbon-ledger init --origin carbon-ledger.demo/sanming >/dev/null\n"
@@ -178,7 +178,7 @@ def test_the_docs_have_shell_examples() -> None:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
-def test_shell_example(example: Example, demo_registry: Path, tmp_path: Path,
+def test_shell_example(example: Example, demo_folder: Path, tmp_path: Path,
                        request: pytest.FixtureRequest) -> None:
     reason = SKIPPED.get((example.page, example.first))
     if reason:
@@ -187,10 +187,10 @@ def test_shell_example(example: Example, demo_registry: Path, tmp_path: Path,
     port = free_port()
     path = None
     if example.setup == "demo":
-        shutil.copytree(demo_registry, folder)
+        shutil.copytree(demo_folder, folder)
     elif example.setup == "after-ops-demo":  # a checkout after ops/demo: var/demo/, .venv/
         (folder / "var").mkdir(parents=True)
-        shutil.copytree(demo_registry / "var", folder / "var" / "demo")
+        shutil.copytree(demo_folder / "var", folder / "var" / "demo")
         (folder / ".venv").symlink_to(VENV_BIN.parent)
         path = "/usr/bin:/bin"  # as in a new terminal: the example's own export finds the CLI
     else:

@@ -11,9 +11,8 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,41 +43,8 @@ def run_demo(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           env=demo_env(folder), cwd=folder.parent, check=False)
 
 
-@pytest.fixture
-def served_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
-    """`ops/demo --port P` really serving its registry; stopped (SIGINT, as Ctrl-C) after."""
-    folder = tmp_path / "demo"
-    port = free_port()
-    log = tmp_path / "demo.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen([str(DEMO), "--port", str(port)], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                   env=demo_env(folder), cwd=tmp_path)
-    base = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield process, base, folder
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
-
-
-def test_a_second_demo_refuses_while_the_first_is_served(
-        served_demo: tuple[subprocess.Popen[str], str, Path]) -> None:
-    process, base, folder = served_demo
+def test_a_second_demo_refuses_while_the_first_is_served(served_demo: Any) -> None:
+    process, base, folder = served_demo.process, served_demo.base_url, served_demo.folder
     position = httpx.get(base + "/healthz", timeout=10).json()["position"]
     registry = folder / "registry.db"
     before = registry.stat()

@@ -722,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="An event-sourced, verifiable registry of forestry carbon tickets (林业碳票).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", parents=[common, reads], help="create a new registry: its genesis record and operator key")
+    p = sub.add_parser("init", parents=[common, reads],
+                       help="create a new registry: its genesis record and operator key")
     p.add_argument("--origin", default="carbon-ledger.local/registry", help="the log's identity")
     p.add_argument("--operator", default="registry", help="the operator's participant id")
     p.add_argument("--name", default="Registry operator", help="the operator's name")
@@ -736,7 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("participant", help="participant id; the key goes to DIR/<id>.key")
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("demo", parents=[common, reads], help="tell the Sanming demo story into a registry just made by init")
+    p = sub.add_parser("demo", parents=[common, reads],
+                       help="tell the Sanming demo story into a registry just made by init")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("balances", parents=[common, reads, as_of, remote], help="a holder's balances")

@@ -10,7 +10,12 @@ Where a page names a place that cannot exist here (a production host, `/srv/...`
 in), SUBSTITUTIONS puts a real one of this test in its stead: a PostgreSQL schema of the test
 session's database, a server really started on a free loopback port, the operator's key. A
 `carbon-ledger serve` line starts the server, waits until it answers /healthz, and stops it.
-When a ```text block follows the example, the example's standard output must be that text.
+When a ```text block follows the example, the example's output must be that text: its
+standard output, or, when the text is a refusal (`error <code>: …`), its standard error and exit
+status 1; run-to-run values (random command-id suffixes, key ids, public keys, times) are masked
+on both sides. The blocks of a page that show output form the page's session: they run in the
+page's order in one folder, each seeing what the ones before it did (as such pages say they
+were run), and a ```text block introduced by "With `FILE`:" is written to FILE there first.
 Blocks left out are in SKIPPED, each with its reason.
 """
 
@@ -93,6 +98,7 @@ class Example:
     line: int
     script: str
     output: str | None  # the ```text block right after it, if any
+    files: tuple[tuple[str, str], ...] = ()  # ("With `eod.csv`:", its block) since the last one
 
     @property
     def first(self) -> str:
@@ -118,21 +124,49 @@ class Example:
         return "demo"
 
 
-def examples() -> list[Example]:
+def examples(pages: list[Path] = PAGES, root: Path = REPO) -> list[Example]:
     found = []
-    for page in PAGES:
+    for page in pages:
         text = page.read_text(encoding="utf-8")
+        last = 0
         for m in re.finditer(r"^```sh\n(.*?)^```\n", text, re.S | re.M):
+            files = tuple(re.findall(r"With `([\w.-]+)`:\s*\n\s*```text\n(.*?)^```",
+                                     text[last:m.start()], re.S | re.M))
+            last = m.end()
             script = m.group(1)
             if not re.search(r"^(\$ )?carbon-ledger\b", script, re.M):
                 continue  # ops/ scripts, openssl, cat: not this test's (see tests/e2e/test_ops_demo.py)
             shown = re.match(r"\s*```text\n(.*?)^```", text[m.end():], re.S | re.M)
-            found.append(Example(str(page.relative_to(REPO)), text[:m.start()].count("\n") + 1,
-                                 script, shown.group(1) if shown else None))
+            found.append(Example(str(page.relative_to(root)), text[:m.start()].count("\n") + 1,
+                                 script, shown.group(1) if shown else None, files))
     return found
 
 
+def units(found: list[Example]) -> list[list[Example]]:
+    """What runs in one folder: a page's session (its blocks that show output, in order), or
+    one block on its own."""
+    sessions: dict[str, list[Example]] = {}
+    alone = []
+    for e in found:
+        if (e.page, e.first) in SKIPPED:
+            continue
+        if e.output is not None and e.setup == "demo":
+            sessions.setdefault(e.page, []).append(e)
+        else:
+            alone.append([e])
+    return alone + list(sessions.values())
+
+
 EXAMPLES = examples()
+UNITS = units(EXAMPLES)
+
+# Values that differ from one run to the next, each put as one mark on both sides.
+RANDOM = [
+    (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)?"), "<time>"),
+    (re.compile(r"ed25519:[A-Za-z0-9+/]{43}="), "<public key>"),
+    (re.compile(r"\b[0-9a-f]{32}\b"), "<key id>"),
+    (re.compile(r"/[0-9a-f]{16}\b"), "/<random>"),  # a command id made at random
+]
 
 
 def free_port() -> int:
@@ -177,18 +211,61 @@ def test_the_docs_have_shell_examples() -> None:
     assert not stale, f"SKIPPED names blocks the docs no longer have: {stale}"
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
-def test_shell_example(example: Example, demo_folder: Path, tmp_path: Path,
+def test_a_page_session_files_and_refusals_are_found(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("""
+```sh
+carbon-ledger init
+```
+
+```sh
+carbon-ledger ticket SM-0000001
+```
+
+```text
+ticket SM-0000001
+```
+
+With `eod.csv`:
+
+```text
+trade_id,seller
+```
+
+```sh
+carbon-ledger settle-batch eod.csv --as x
+```
+
+```text
+error invalid_argument: no
+```
+""", encoding="utf-8")
+    found = examples([page], tmp_path)
+    assert [(e.line, e.setup, e.output) for e in found] == [
+        (2, "empty", None), (6, "demo", "ticket SM-0000001\n"),
+        (20, "demo", "error invalid_argument: no\n")]
+    assert found[2].files == (("eod.csv", "trade_id,seller\n"),)
+    assert [[e.line for e in u] for u in units(found)] == [[2], [6, 20]]
+    assert _lines("command id freeze/x/033eac9b16c3eeca at 2026-12-08T10:34:02+08:00") == \
+        ["command id freeze/x/<random> at <time>"]
+
+
+def test_skipped_blocks_are_skipped_for_their_reason() -> None:
+    for (page, first), reason in SKIPPED.items():
+        assert reason and any(e.page == page and e.first == first for e in EXAMPLES)
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=[u[0].id if len(u) == 1 else f"{u[0].page}:session"
+                                              for u in UNITS])
+def test_shell_example(unit: list[Example], demo_folder: Path, tmp_path: Path,
                        request: pytest.FixtureRequest) -> None:
-    reason = SKIPPED.get((example.page, example.first))
-    if reason:
-        pytest.skip(reason)
     folder = tmp_path / "run"
     port = free_port()
     path = None
-    if example.setup == "demo":
+    setup = unit[0].setup
+    if setup == "demo":
         shutil.copytree(demo_folder, folder)
-    elif example.setup == "after-ops-demo":  # a checkout after ops/demo: var/demo/, .venv/
+    elif setup == "after-ops-demo":  # a checkout after ops/demo: var/demo/, .venv/
         (folder / "var").mkdir(parents=True)
         shutil.copytree(demo_folder / "var", folder / "var" / "demo")
         (folder / ".venv").symlink_to(VENV_BIN.parent)
@@ -196,6 +273,14 @@ def test_shell_example(example: Example, demo_folder: Path, tmp_path: Path,
     else:
         folder.mkdir()
     (folder / "command.json").write_text(COMMAND, encoding="utf-8")
+    for example in unit:
+        run_example(example, folder, port, path, request)
+
+
+def run_example(example: Example, folder: Path, port: int, path: str | None,
+                request: pytest.FixtureRequest) -> None:
+    for name, content in example.files:
+        (folder / name).write_text(content, encoding="utf-8")
     script = example.code
     for place, stand_in in SUBSTITUTIONS:
         if place in script:
@@ -208,12 +293,19 @@ def test_shell_example(example: Example, demo_folder: Path, tmp_path: Path,
     if "--url http://127.0.0.1:" in script:
         env["DOCS_SERVE"] = "1"
     done = run_script(script, folder, env)
-    assert done.returncode == 0, f"{example.id} failed:\n{script}\n{done.stdout}\n{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr
+    refusal = example.output is not None and example.output.startswith("error ")
+    if refusal:
+        assert done.returncode == 1, f"{example.id}: the refusal shown was not refused:\n{done.stdout}"
+    else:
+        assert done.returncode == 0, f"{example.id} failed:\n{script}\n{done.stdout}\n{done.stderr}"
     if example.output is not None:
-        assert _lines(done.stdout) == _lines(example.output), (
-            f"{example.id}: the output shown is not what the command prints:\n{done.stdout}")
+        printed = done.stderr if refusal else done.stdout
+        assert _lines(printed) == _lines(example.output), (
+            f"{example.id}: the output shown is not what the command prints:\n{printed}")
 
 
 def _lines(text: str) -> list[str]:
+    for pattern, mark in RANDOM:
+        text = pattern.sub(mark, text)
     return [line.rstrip() for line in text.strip("\n").splitlines()]

@@ -139,7 +139,11 @@ def _sqlite_problem(path: Path) -> str | None:
                 return "is empty (no genesis record: it was never initialised)"
             row = con.execute("SELECT size FROM ledger_head WHERE id = 1").fetchone()
     except sqlite3.DatabaseError as e:
-        return f"the file is not an SQLite database ({e})"
+        if "not a database" in str(e):
+            return f"the file is not an SQLite database ({e})"
+        # A file that is there but cannot be read now (locked, no rights): not "no registry".
+        raise DomainError("store_unavailable", f"the registry file {path} could not be read "
+                          f"({e})") from None
     if not row or not row[0]:
         return "is empty (no genesis record: it was never initialised)"
     return None

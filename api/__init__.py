@@ -1,1 +1,1 @@
-"""Every way in: the command line now, HTTP next."""
+"""Every way in: the command line, the HTTP server and its Python client."""

@@ -11,9 +11,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from api import cli_writes
 from api.access_log import FORMATS as LOG_FORMATS
@@ -23,6 +34,7 @@ from domain.errors import CODES, DomainError
 from domain.genesis import Genesis
 from ledger import as_of as as_of_values
 from ledger import demo as demo_story
+from ledger import narration
 from ledger.application import Registry
 from ledger.audit import AuditReport, audit_database, audit_export, export
 from ledger.checkpoints import checkpoint_json, witness
@@ -33,11 +45,22 @@ from ledger.projections import Progress as ProjectionProgress
 from ledger.proofs import ProofError, verify_bundle
 from ledger.proofs import bundle as proof_bundle
 from ledger.runtime import tune_collector
-from ledger.store import DEFAULT_DB, ENV_DB, db_url
+from ledger.store import (
+    DEFAULT_DB,
+    ENV_DB,
+    db_url,
+    require_not_served,
+    require_registry,
+    served_by,
+    serving,
+    shown_url,
+)
 
-# Piped output is not cut to 80 columns: tables stay whole in logs and CI.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: tables stay whole in logs and CI. On a terminal, rich
+# wraps sentences between words at its width (the terminal itself would cut words in two).
+out = Console(highlight=False, soft_wrap=not sys.stdout.isatty(),
+              width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -55,8 +78,10 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 _opened: list[Registry] = []
 
 
-def _open(args: argparse.Namespace) -> Registry:
-    app = Registry(args.db, keyring=Keyring(_keys_dir(args)))
+def _open(args: argparse.Namespace, create: bool = False) -> Registry:
+    """The registry of --db; only `init` may make one (any other command on a missing or empty
+    store is refused with no_registry)."""
+    app = Registry(args.db, keyring=Keyring(_keys_dir(args)), create=create)
     _opened.append(app)  # closed when the command ends, so its files are settled
     return app
 
@@ -70,7 +95,7 @@ def _progress_bar(label: str) -> tuple[Progress, Callable[[ProjectionProgress], 
 # Commands ---------------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
-    app = _open(args)
+    app = _open(args, create=True)
     if app.log_position() > 0:
         raise DomainError("already_exists", f"the registry at {app.url} is initialised already; "
                           "init never overwrites a registry")
@@ -119,27 +144,24 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     app = _open(args)
     projection = app.projection()
-    steps = list(demo_story.story())
-    if projection.genesis is not None:
-        if len(projection.participants) > 1 or projection.tickets:
-            raise DomainError("already_exists", f"the registry at {app.url} is not empty; the demo "
-                              "loads into a registry just made by init, or a new database")
-        steps = [s for s in steps if s[0] != "initialise"]
-    table = Table(title="demo story", show_lines=False)
-    for col in ("#", "command", "actor", "id", "result"):
-        table.add_column(col)
+    if len(projection.participants) > 1 or projection.tickets:
+        raise DomainError("already_exists", f"the registry at {app.url} is not empty; the demo "
+                          "loads into a registry just made by init")
+    # The genesis is init's: the story's own initialise is skipped.
+    steps = [s for s in demo_story.story() if s[0] != "initialise"]
+    done: list[narration.Step] = []
     refusals = 0
     started = time.perf_counter()
-    for i, (name, actor, command_id, cargs) in enumerate(steps, 1):
+    for name, actor, command_id, cargs in steps:
         try:
             outcome = app.submit(name, actor, command_id, cargs)
-            table.add_row(str(i), name, actor, command_id, _summary(outcome))
+            done.append(narration.Step(name, actor, command_id, cargs, outcome))
         except DomainError as e:
             expected = demo_story.EXPECTED_REFUSALS.get(command_id)
             if expected != e.code:
                 raise
             refusals += 1
-            table.add_row(str(i), name, actor, command_id, f"[red]refused {e.code}[/]: {e.message}")
+            done.append(narration.Step(name, actor, command_id, cargs, refusal=(e.code, e.message)))
     elapsed = time.perf_counter() - started
     checkpointer = app.operator_checkpointer()
     if checkpointer is not None:
@@ -148,14 +170,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         witness(app, "fujian-eco", app.keyring.get("fujian-eco"),
                 _keys_dir(args) / "fujian-eco.witness.json", _genesis_key(app))
     projection = app.projection()
+
+    def name_of(participant_id: str) -> str:
+        try:
+            return projection.participant(participant_id)["name"]
+        except DomainError:
+            return participant_id
+
+    story = narration.narrate(done, name_of)
     if args.json:
         _print_json({"db": app.url, "commands": len(steps), "refused": refusals,
                      "position": projection.position,
+                     "story": [{"chapter": line.chapter, "text": line.text,
+                                "refused": line.refused} for line in story],
                      "balances": {h: projection.balances(h) for h in DEMO_HOLDERS}})
         return 0
-    out.print(table)
-    out.print(f"{len(steps)} commands ({refusals} refused as the story expects) in {elapsed:.2f} s; "
-              f"log position {projection.position}")
+    _print_story(story)
+    out.print(f"{len(steps)} commands, {refusals} refused as the story expects, in "
+              f"{elapsed:.2f} s; log position {projection.position}")
+    out.print()
     for holder in DEMO_HOLDERS:
         _print_balances(projection.balances(holder))
     _print_ticket(projection.ticket("SM-0000002"))
@@ -166,15 +199,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_story(lines: list[narration.Line]) -> None:
+    """Each chapter under its heading; a sentence wraps under itself, not under the bullet."""
+    chapter = None
+    grid: Table | None = None
+    for line in lines:
+        if line.chapter != chapter:
+            if grid is not None:
+                out.print(grid)
+            chapter = line.chapter
+            out.print(f"[bold]{escape(chapter)}[/]")
+            grid = Table.grid(padding=(0, 1))
+            grid.add_column(width=2, justify="right")
+            grid.add_column(overflow="fold")
+        assert grid is not None
+        mark = "[red]✗[/]" if line.refused else "·"
+        grid.add_row(mark, f"[red]{escape(line.text)}[/]" if line.refused else escape(line.text))
+    if grid is not None:
+        out.print(grid)
+    out.print()
+
+
 DEMO_HOLDERS = ("changkou-village", "jinsen-carbon", "tonghai-nickel")
-
-
-def _summary(outcome: dict[str, Any]) -> str:
-    keys = ("participant_id", "project_id", "ticket_no", "trade_id", "pledge_id", "policy_id",
-            "claim_id", "retirement_id", "entity", "holder", "quantity_t", "pledged_t", "covered_t",
-            "status", "payout")
-    parts = [f"{k}={outcome[k]}" for k in keys if k in outcome and outcome[k] not in ("", None)]
-    return ", ".join(parts) or "ok"
 
 
 def _as_of(args: argparse.Namespace, app: Registry):
@@ -256,13 +302,17 @@ def _print_ticket(view: dict[str, Any]) -> None:
               f"{view['period_start']}..{view['period_end']}: issued {view['issued_t']:,} t = "
               f"{view['available_t']:,} available + {view['pledged_t']:,} pledged + "
               f"{view['retired_t']:,} retired + {view['cancelled_t']:,} cancelled")
-    table = Table()
-    for col in ("first serial", "last serial", "t", "holder", "state", "by"):
-        table.add_column(col, justify="right" if col == "t" else "left")
+    # Serials as numbers within the ticket named above, and no vertical rules: the demo's blocks
+    # fit 80 columns whole, with no id cut short.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("serials", "t", "holder", "state", "by"):
+        table.add_column(col, justify="right" if col == "t" else "left", no_wrap=True)
+    prefix = f"{view['ticket_no']}-"
     for b in view["blocks"]:
         by = b.get("pledge_id") or b.get("retirement_id") or b.get("cancelled_by") or ""
-        table.add_row(b["first_serial"], b["last_serial"], f"{b['quantity_t']:,}", b["holder"],
-                      b["state"], by)
+        table.add_row(f"{b['first_serial'].removeprefix(prefix)}–"
+                      f"{b['last_serial'].removeprefix(prefix)}", f"{b['quantity_t']:,}",
+                      b["holder"], b["state"], by)
     out.print(table)
 
 
@@ -307,8 +357,9 @@ def _print_compliance(view: dict[str, Any]) -> None:
         out.print(f"no verified emissions recorded for {view['entity']} in {view['scheme']} "
                   f"{view['period']}")
         return
-    table = Table(title=f"compliance {view['entity']} {view['scheme']} {view['period']}: verified "
-                  f"emissions {view['verified_emissions_t']:,} t")
+    out.print(f"compliance {view['entity']} {view['scheme']} {view['period']}: verified "
+              f"emissions {view['verified_emissions_t']:,} t")
+    table = Table()
     for col in ("offsets", "limit", "limit t", "used t", "remaining t"):
         table.add_column(col, justify="left" if col == "offsets" else "right")
     for std, s in view["standards"].items():
@@ -402,11 +453,24 @@ def _genesis_key(app: Registry) -> str:
     return genesis.operator_key
 
 
+class _CountColumn(ProgressColumn):
+    """"1,234/5,678 records"; before the total is known (the first report), "1,234 records"."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        done = f"{int(task.completed):,}"
+        return Text(f"{done}/{int(task.total):,} {self.unit}" if task.total is not None
+                    else f"{done} {self.unit}")
+
+
 def _audit_progress(label: str, unit: str = "records") -> tuple[Progress, Callable[[int, int], None]]:
     """A progress bar on stderr (shown on a terminal only), fed with (done, total)."""
-    bar = Progress(TextColumn(label), BarColumn(), TaskProgressColumn(),
-                   TextColumn("{task.completed:,}/{task.total:,} " + unit), TimeRemainingColumn(),
-                   console=err, transient=False, disable=not err.is_terminal)
+    bar = Progress(TextColumn(label), BarColumn(), TaskProgressColumn(), _CountColumn(unit),
+                   TimeRemainingColumn(), console=err, transient=False,
+                   disable=not err.is_terminal)
     task = bar.add_task(label, total=None)
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
 
@@ -520,22 +584,59 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from api.server import ENV_KEYS
+    from api.server import ENV_ALLOW_EMPTY, ENV_KEYS
     from api.serving import redacted, serve
 
     url = db_url(args.db)
+    if args.allow_empty:
+        os.environ[ENV_ALLOW_EMPTY] = "1"
+    else:
+        require_registry(url)
     os.environ[ENV_DB] = url
     os.environ[ENV_KEYS] = str(_keys_dir(args))
     banner = (f"serving {redacted(url)} at http://{args.host}:{args.port} ({args.workers} "
               f"worker{'s' if args.workers != 1 else ''}); docs at /docs")
-    return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-                 log_format=args.log_format, banner=banner)
+    with serving(url):  # so that ops/demo does not delete the file under this server
+        return serve(host=args.host, port=args.port, workers=args.workers,
+                     log_level=args.log_level, log_format=args.log_format, banner=banner)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Where the registry is, whether it holds one, and which processes serve it; never makes one."""
+    url = db_url(args.db)
+    try:
+        require_registry(url)
+        problem = None
+    except DomainError as e:
+        if e.code != "no_registry":
+            raise
+        problem = e.message
+    records = origin = None
+    if problem is None:
+        app = _open(args)
+        records = app.log_position()
+        genesis = app.projection().genesis
+        origin = genesis.origin if genesis is not None else None
+    if args.idle:
+        require_not_served(url)
+    pids = served_by(url)
+    if args.json:
+        _print_json({"db": shown_url(url), "registry": problem is None, "records": records,
+                     "origin": origin, "served_by": pids, "problem": problem})
+    else:
+        if problem is None:
+            out.print(f"registry {origin} at {shown_url(url)}: {records:,} records")
+        else:
+            out.print(problem)
+        out.print(f"served by process {', '.join(map(str, pids))}" if pids else "not served")
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    source = Registry(args.source)
+    source = Registry(args.source, create=False)
+    _opened.append(source)
     target = Registry(args.target)
-    _opened.extend((source, target))
+    _opened.append(target)
     bar, update = _audit_progress("migrating")
     with bar:
         result = migrate(source, target, update)
@@ -598,7 +699,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         finally:
             client.close()
     else:
-        outcome = _open(args).submit(command.name, command.actor, command.command_id, data["args"])
+        # An `initialise` makes the registry, as init does; any other command needs one.
+        outcome = _open(args, create=command.name == "initialise").submit(
+            command.name, command.actor, command.command_id, data["args"])
     _print_json(outcome)
     return 0
 
@@ -644,7 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"carbon-ledger {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", parents=[common, reads], help="create an empty registry")
+    p = sub.add_parser("init", parents=[common, reads],
+                       help="create a new registry: its genesis record and operator key")
     p.add_argument("--origin", default="carbon-ledger.local/registry", help="the log's identity")
     p.add_argument("--operator", default="registry", help="the operator's participant id")
     p.add_argument("--name", default="Registry operator", help="the operator's name")
@@ -658,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("participant", help="participant id; the key goes to DIR/<id>.key")
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("demo", parents=[common, reads], help="load the Sanming demo story")
+    p = sub.add_parser("demo", parents=[common, reads],
+                       help="tell the Sanming demo story into a registry just made by init")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("balances", parents=[common, reads, as_of, remote], help="a holder's balances")
@@ -750,7 +855,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="info (the default) logs every request; warning and above only failures")
     p.add_argument("--log-format", default="json", choices=LOG_FORMATS,
                    help="standard error's lines: one JSON object each (the default), or text")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="serve a missing or empty registry (made on start), to be initialised "
+                   "by a signed `initialise` over POST /v1/commands")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", parents=[common, reads],
+                       help="where the registry is, its size, and which processes serve it")
+    p.add_argument("--idle", action="store_true",
+                   help="exit 1 (registry_served) when a server holds the registry")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("rotate-key", parents=[common, reads],
                        help="rotate a participant's key (signed by the old key, or the operator's)")

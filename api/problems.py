@@ -43,6 +43,10 @@ STATUS: dict[str, int] = {
     "log_inconsistent": 409,
     "operation_failed": 500,
     "store_unavailable": 503,
+    # A server asked about a registry it does not have: the fault is the server's setup, not the
+    # request, and it clears once the operator initialises or restores it (so 503, not 404).
+    "no_registry": 503,
+    "registry_served": 409,
     "batch_too_large": 413,
     "payload_too_large": 413,
 }

@@ -67,6 +67,7 @@ from ledger.signing import (
 from ledger.store import db_url
 
 ENV_KEYS = "CARBON_LEDGER_KEYS"
+ENV_ALLOW_EMPTY = "CARBON_LEDGER_ALLOW_EMPTY"  # serve --allow-empty: may open a store with no registry
 MAX_LOG_PAGE = 1000
 MAX_POSITION = 2**53  # far beyond any log; bounds every position a query may name
 NONCE_MEMORY = 100_000
@@ -339,7 +340,8 @@ def create_app(registry: Registry | None = None) -> FastAPI:
             url = db_url(None)
             keys = (FilePath(os.environ[ENV_KEYS]) if os.environ.get(ENV_KEYS)
                     else default_keys_dir(url))
-            state["registry"] = Registry(url, keyring=Keyring(keys), auto_checkpoint=False)
+            state["registry"] = Registry(url, keyring=Keyring(keys), auto_checkpoint=False,
+                                         create=os.environ.get(ENV_ALLOW_EMPTY) == "1")
             state["owned"] = True
         if state.get("owned"):  # a server process (not an app built around a given registry)
             # Load what every request needs before the first one; keep the collector off it.

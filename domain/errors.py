@@ -55,6 +55,8 @@ CODES: dict[str, str] = {
     "operation_failed": "an operation on the store (backup, restore, migration) did not complete",
     "store_unavailable": "the store could not be reached, or stayed busy too long; retry with the "
     "same command id",
+    "no_registry": "the database holds no registry: it does not exist, or was never initialised",
+    "registry_served": "a server is serving the registry, and the operation needs it to itself",
 }
 
 

@@ -68,6 +68,7 @@ from ledger.store import (
     db_url,
     environment,
     leaf_hashes,
+    require_registry,
 )
 from ledger.transcoder import MsgpackTranscoder
 
@@ -166,8 +167,11 @@ class Registry(Application):
 
     def __init__(self, url: str | None = None, env: dict[str, str] | None = None, *,
                  keyring: K.Keyring | None = None, clock: Callable[[], float] = time.time,
-                 auto_checkpoint: bool = True, group_commit: bool = True) -> None:
+                 auto_checkpoint: bool = True, group_commit: bool = True,
+                 create: bool = True) -> None:
         self.url = db_url(url)
+        if not create:  # open a registry that is there, never make one (see require_registry)
+            require_registry(self.url)
         self.keyring = keyring
         self.clock = clock
         merged = environment(self.url)

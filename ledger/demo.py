@@ -8,8 +8,24 @@ posted over HTTP or loaded in-process.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+# Where ops/demo builds its registry: var/demo/ in the checkout, or this folder when set.
+DEMO_DIR_ENV = "CARBON_LEDGER_DEMO_DIR"
+
+
+def demo_dir() -> Path:
+    chosen = os.environ.get(DEMO_DIR_ENV)
+    return Path(chosen) if chosen else Path(__file__).resolve().parents[1] / "var" / "demo"
+
+
+def demo_registry_path() -> Path | None:
+    """The demo's registry file, when ops/demo has made one."""
+    path = demo_dir() / "registry.db"
+    return path if path.is_file() else None
 
 OPERATOR = ("registry", "福建林业碳票登记簿 (demo registry operator)")
 ORIGIN = "carbon-ledger.demo/sanming"

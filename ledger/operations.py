@@ -22,7 +22,7 @@ from eventsourcing.persistence import StoredEvent
 from domain.errors import DomainError
 from ledger.application import Registry
 from ledger.checkpoints import b64
-from ledger.store import environment, is_postgres, sqlite_path
+from ledger.store import environment, is_postgres, require_registry, sqlite_path
 
 BATCH = 2000
 
@@ -84,10 +84,9 @@ def backup(url: str, path: Path) -> dict[str, Any]:
     """A consistent copy of a live registry: SQLite's online backup, or pg_dump's custom format."""
     if path.exists():
         raise DomainError("already_exists", f"{path} exists; a backup never overwrites a file")
+    require_registry(url)
     db = sqlite_path(url)
     if db is not None:
-        if db == ":memory:" or not Path(db).exists():
-            raise DomainError("invalid_argument", f"no SQLite registry at {url}")
         src = sqlite3.connect(db)
         dst = sqlite3.connect(path)
         try:

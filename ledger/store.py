@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.sql import SQL, Identifier
 
 from domain.base import uuid_of_int
+from domain.errors import DomainError
 from ledger import merkle
+from ledger.demo import demo_registry_path
 from ledger.records import GENESIS_CHAIN, Record, next_chain, record_bytes, record_bytes_of
 
 DEFAULT_DB = "sqlite:///var/registry.db"
@@ -120,6 +123,105 @@ def is_postgres(url: str) -> bool:
     return urlparse(url).scheme in ("postgresql", "postgres")
 
 
+def shown_url(url: str) -> str:
+    """The URL as it may be printed: without a password."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.rsplit("@", 1)[1]
+    user = f"{parsed.username}@" if parsed.username else ""
+    return parsed._replace(netloc=user + netloc).geturl()
+
+
+def require_registry(url: str) -> None:
+    """Refuse (`no_registry`) a store that holds no registry — a missing SQLite file or
+    PostgreSQL database, or one with no genesis record — without creating anything.
+
+    Every command but those that make a registry (init, restore, migrate's target) opens its
+    store through this check: a verifier or a read on a mistyped path must fail, not pass on an
+    empty file it has just made."""
+    path = sqlite_path(url)
+    if path is not None:
+        if path == ":memory:":
+            problem = "is empty (an in-memory store is new every time)"
+        else:
+            problem = _sqlite_problem(Path(path))
+    elif is_postgres(url):
+        problem = _postgres_problem(url)
+    else:
+        environment(url)  # raises ValueError naming the URL forms
+        return
+    if problem is not None:
+        raise DomainError("no_registry", _no_registry_sentence(url, problem), db=shown_url(url))
+
+
+def _sqlite_problem(path: Path) -> str | None:
+    if not path.exists():
+        return f"the file {path} does not exist"
+    if path.is_dir():
+        return f"{path} is a folder, not a registry file"
+    try:
+        # Read-only and never created: an empty or foreign file is looked at, not changed.
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "ledger_head" not in tables:
+                return "is empty (no genesis record: it was never initialised)"
+            row = con.execute("SELECT size FROM ledger_head WHERE id = 1").fetchone()
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e):
+            return f"the file is not an SQLite database ({e})"
+        # A file that is there but cannot be read now (locked, no rights): not "no registry".
+        raise DomainError("store_unavailable", f"the registry file {path} could not be read "
+                          f"({e})") from None
+    if not row or not row[0]:
+        return "is empty (no genesis record: it was never initialised)"
+    return None
+
+
+def _postgres_problem(url: str) -> str | None:
+    env = environment(url)
+    schema = env.get("POSTGRES_SCHEMA") or "public"
+    try:
+        conn = psycopg.connect(dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"],
+                               port=env["POSTGRES_PORT"], user=env["POSTGRES_USER"],
+                               password=env["POSTGRES_PASSWORD"] or None,
+                               connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "10")))
+    except psycopg.OperationalError as e:
+        text = str(e)
+        if "does not exist" in text and "database" in text:
+            return f"database {env['POSTGRES_DBNAME']} does not exist"
+        first = text.strip().splitlines()[0] if text.strip() else repr(e)
+        raise DomainError("store_unavailable", f"the store {shown_url(url)} could not be reached "
+                          f"({first})") from None
+    with conn:
+        found = conn.execute("SELECT to_regclass(%s)",
+                             (f'"{schema}"."ledger_head"',)).fetchone()
+        if found is None or found[0] is None:
+            return f"is empty (schema {schema} holds no registry: it was never initialised)"
+        row = conn.execute(SQL("SELECT size FROM {0}.ledger_head WHERE id = 1").format(
+            Identifier(schema))).fetchone()
+    if not row or not row[0]:
+        return "is empty (no genesis record: it was never initialised)"
+    return None
+
+
+def _no_registry_sentence(url: str, problem: str) -> str:
+    shown = shown_url(url)
+    if problem.startswith("is "):
+        sentence = f"the registry at {shown} {problem}"
+    else:
+        sentence = f"no registry at {shown}: {problem}"
+    sentence += (f". Make one with `carbon-ledger init --db {shown}` (or restore a backup into "
+                 "it), or run ops/demo for the demo registry")
+    demo = demo_registry_path()
+    if demo is not None:
+        demo_url = f"sqlite:///{demo}"
+        if demo_url != url and _sqlite_problem(demo) is None:
+            sentence += (f"; the demo's registry is {demo_url} (export "
+                         f"CARBON_LEDGER_DB={demo_url})")
+    return sentence
+
+
 def environment(url: str) -> dict[str, str]:
     """The `eventsourcing` settings for a database URL."""
     path = sqlite_path(url)
@@ -160,6 +262,79 @@ def environment(url: str) -> dict[str, str]:
         return env
     raise ValueError(f"unsupported database URL {url!r}; use sqlite:///PATH or "
                      "postgresql://USER@HOST:PORT/DBNAME")
+
+
+def _serve_lock_path(url: str) -> Path | None:
+    path = sqlite_path(url)
+    return None if path in (None, ":memory:") else Path(f"{path}.serve.lock")
+
+
+@contextmanager
+def serving(url: str) -> Iterator[None]:
+    """Held by `carbon-ledger serve` for its whole life: a shared lock on `<db>.serve.lock`
+    beside an SQLite registry, whose lines are the serving processes' ids.
+
+    Shared, so that several servers may serve one file; whoever wants the file to itself (such
+    as ops/demo, which deletes and rebuilds its registry) asks `served_by` first. The kernel
+    drops the lock when the process ends, however it ends. A PostgreSQL registry has no file
+    to lock: its servers are not recorded."""
+    path = _serve_lock_path(url)
+    if path is None:
+        yield
+        return
+    with open(path, "a+") as f:
+        try:  # alone: forget the ids of servers that are gone
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            f.truncate(0)
+        except BlockingIOError:
+            fcntl.flock(f, fcntl.LOCK_SH)  # others serve: wait out a brief served_by only
+        else:
+            fcntl.flock(f, fcntl.LOCK_SH)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def served_by(url: str) -> list[int]:
+    """The ids of the processes serving the registry now (an SQLite file's servers)."""
+    path = _serve_lock_path(url)
+    if path is None or not path.exists():
+        return []
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return []  # the lock was free: nobody serves, whatever ids the file still lists
+        pids = [int(line) for line in f.read().split() if line.isdigit()]
+    return sorted({pid for pid in pids if _alive(pid)})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def require_not_served(url: str) -> None:
+    """Refuse (`registry_served`) while a server holds the registry."""
+    pids = served_by(url)
+    if pids:
+        which = ", ".join(str(p) for p in pids)
+        raise DomainError(
+            "registry_served", f"the registry at {shown_url(url)} is being served by process"
+            f"{'es' if len(pids) > 1 else ''} {which} (carbon-ledger serve); stop "
+            f"{'them' if len(pids) > 1 else 'it'} first (Ctrl-C where it runs, or kill {which})",
+            db=shown_url(url), pids=pids)
 
 
 def _hex_id_bytes(stored_id: Any) -> bytes:

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ledger import demo
@@ -20,6 +26,7 @@ from ledger.application import Registry
 from ledger.checkpoints import witness
 from ledger.keys import Keyring
 
+REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("CARBON_LEDGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -109,3 +116,49 @@ def open_demo_on_disk(root: Path) -> Registry:
 def demo_on_disk() -> Callable[[Path], Registry]:
     """demo_on_disk(root) -> Registry: see open_demo_on_disk."""
     return open_demo_on_disk
+
+
+@dataclass
+class ServedDemo:
+    """`ops/demo --port P`, really serving the demo registry it built in `folder`."""
+
+    process: subprocess.Popen[str]
+    base_url: str
+    folder: Path  # <checkout-like root>/var/demo
+
+
+@pytest.fixture
+def served_demo(tmp_path: Path) -> Iterator[ServedDemo]:
+    """ops/demo serving on a free loopback port, its registry in tmp_path/var/demo (not the
+    checkout's); stopped with SIGINT, as Ctrl-C stops it, after the test."""
+    folder = tmp_path / "var" / "demo"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("CARBON_LEDGER_DB", "CARBON_LEDGER_KEYS")}
+    env.update(CARBON_LEDGER_DEMO_DIR=str(folder), PYTHONUNBUFFERED="1")
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(REPO / "ops" / "demo"), "--port", str(port)], stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                   env=env, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield ServedDemo(process, base, folder)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)

@@ -54,6 +54,7 @@ def log_position(db: str) -> int:
 def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry loaded by `carbon-ledger demo` once per module, with its key folder."""
     folder = tmp_path_factory.mktemp("demo")
+    assert main(["init", "--db", f"sqlite:///{folder / 'registry.db'}"]) == 0
     assert main(["demo", "--db", f"sqlite:///{folder / 'registry.db'}"]) == 0
     return folder
 
@@ -102,7 +103,11 @@ def test_init_refuses_to_overwrite(db: str, capsys: pytest.CaptureFixture[str]) 
     assert code == 1 and json.loads(out)["error"]["code"] == "already_exists"
 
 
-def test_demo_into_a_new_database(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_needs_a_registry_made_by_init(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "demo", "--db", db)
+    assert code == 1 and "error no_registry:" in err
+    assert not Path(db[len("sqlite:///"):]).exists()
+    assert run(capsys, "init", "--db", db)[0] == 0
     code, out, _ = run(capsys, "demo", "--db", db)
     assert code == 0
     assert "1 refused as the story expects" in out
@@ -320,7 +325,8 @@ def test_console_script_end_to_end(tmp_path: Path) -> None:
         return subprocess.run([str(script), *argv, "--db", db], capture_output=True, text=True,
                               env=env, cwd=tmp_path, timeout=120)
 
-    demo = cli("demo", "--json")  # into a new database: initialises it too
+    assert cli("init").returncode == 0
+    demo = cli("demo", "--json")
     assert demo.returncode == 0, demo.stderr
     assert json.loads(demo.stdout)["refused"] == 1
     balances = cli("balances", "jinsen-carbon", "--json")

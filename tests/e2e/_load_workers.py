@@ -412,7 +412,8 @@ class Server:
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
                 [_executable(), "serve", "--db", self.db, "--keys", str(self.keys), "--host", HOST,
-                 "--port", str(self.port), "--workers", str(self.workers), "--log-level", "info"],
+                 "--port", str(self.port), "--workers", str(self.workers), "--log-level", "info",
+                 "--allow-empty"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.log.parent,
                 env=clean_env(), start_new_session=True)
         self.started.append(self.process)

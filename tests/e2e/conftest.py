@@ -108,6 +108,7 @@ def start_server(root: Path, operator_key: Ed25519PrivateKey | None = None,
         process = subprocess.Popen(
             [str(CARBON_LEDGER), "serve", "--db", f"sqlite:///{root / 'registry.db'}",
              "--keys", str(keys), "--host", HOST, "--port", str(port), "--log-level", "warning",
+             "--allow-empty",  # initialised over HTTP by the tests
              *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root,
             env=_clean_env())

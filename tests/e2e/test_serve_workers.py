@@ -43,7 +43,7 @@ def server(tmp_path: Path):
         process = subprocess.Popen(
             [str(CARBON_LEDGER), "serve", "--db", f"sqlite:///{tmp_path / 'registry.db'}",
              "--keys", str(tmp_path / "keys"), "--host", HOST, "--port", str(port),
-             "--workers", "2", "--log-level", "info"],
+             "--workers", "2", "--log-level", "info", "--allow-empty"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path,
             env=_clean_env())
     base = f"http://{HOST}:{port}"
@@ -117,7 +117,8 @@ def test_a_port_in_use_is_refused_with_a_clear_message(server, tmp_path: Path) -
     port = base.rsplit(":", 1)[1]
     second = subprocess.run(
         [str(CARBON_LEDGER), "serve", "--db", f"sqlite:///{tmp_path / 'other.db'}", "--keys",
-         str(tmp_path / "other-keys"), "--host", HOST, "--port", port, "--workers", "2"],
+         str(tmp_path / "other-keys"), "--host", HOST, "--port", port, "--workers", "2",
+         "--allow-empty"],
         capture_output=True, text=True, timeout=60, env=_clean_env(), check=False)
     assert second.returncode == 1
     assert f"cannot listen on {HOST}:{port}" in second.stderr

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
@@ -34,7 +34,13 @@ from domain.errors import DomainError
 from domain.genesis import Genesis
 from domain.trade import Trade
 from ledger import keys as K
-from ledger.authentication import authenticate, split_signatures, verify_now
+from ledger.authentication import (
+    CONSENTED,
+    authenticate,
+    consent_parties,
+    split_signatures,
+    verify_now,
+)
 from ledger.checkpoints import Checkpointer
 from ledger.handlers import Handlers, UnitOfWork
 from ledger.merkle import MerkleTree
@@ -367,19 +373,42 @@ class Registry(Application):
         position = self.recorder.position_of(prior.id, prior.version)
         return {**prior.outcome, "position": position, "replayed": True}
 
-    def submit(self, name: str, actor: str, command_id: str, args: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, name: str, actor: str, command_id: str, args: dict[str, Any],
+               consents: Sequence[str] | None = None) -> dict[str, Any]:
         """Sign with this registry's keyring and execute (the CLI, the demo and the tests use it).
 
         Keys for participants being registered are created in the keyring when the arguments
         carry none (demo and test convenience; real participants bring their own public key).
+        `consents`: the parties that sign their consent with their keys in the keyring; by
+        default every party the command needs as the registry stands (consents_needed) whose
+        key the keyring holds.
         """
         if self.keyring is None:
             raise DomainError("unsigned", "this registry has no keyring to sign commands with")
-        signed = sign_with_keyring(self.keyring, name, actor, command_id, args, int(self.clock()))
+        if consents is None:
+            consents = [p for p in self.consents_needed(name, actor, command_id, args)
+                        if self.keyring.has(p)]
+        signed = sign_with_keyring(self.keyring, name, actor, command_id, args, int(self.clock()),
+                                   consents=consents)
         outcome = self.execute(signed)
         if name == "rotate_key" and not outcome.get("replayed"):
             self.keyring.commit_rotation(args["participant_id"])
         return outcome
+
+    def consents_needed(self, name: str, actor: str, command_id: str,
+                        args: dict[str, Any]) -> list[str]:
+        """The parties whose consent signature the command needs as the registry stands now (a
+        key rotation's, by the new key, is not among them); none for a command that does not
+        parse: its refusal comes when it is sent."""
+        if name not in CONSENTED:
+            return []
+        try:
+            command = C.make(name, actor, command_id, args)
+            with self._projection_lock:
+                state = self._decision_state()
+                return consent_parties(UnitOfWork(partial(_fork_from, state)), command)
+        except DomainError:
+            return []
 
     # Reads of current state (the projections answer everything else) ----------------------------
 

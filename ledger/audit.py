@@ -381,6 +381,9 @@ class AuditReport:
     operator_key_pinned: bool = False
     failure: Failure | None = None
     notes: list[str] = field(default_factory=list)
+    # The rules editions the log was decided under, each from the position of the command that
+    # adopted it (0: edition 1, which a registry follows until it adopts another).
+    rules_editions: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def events_per_s(self) -> int:
@@ -395,7 +398,7 @@ class AuditReport:
                 "operator_key_pinned": self.operator_key_pinned,
                 "failure": None if self.failure is None else {
                     "position": self.failure.position, "what": self.failure.what},
-                "notes": self.notes}
+                "notes": self.notes, "rules_editions": self.rules_editions}
 
 
 class _Stop(Exception):
@@ -514,6 +517,13 @@ class Auditor:
                             if genesis is None:
                                 genesis = state.get(Genesis.id_for())  # type: ignore[assignment]
                                 self._check_genesis(genesis, at, report)
+                                assert genesis is not None
+                                report.rules_editions.append({
+                                    "edition": genesis.rules_edition,
+                                    "adopted_at": at if genesis.rules_edition > 1 else 0})
+                            elif genesis.rules_edition != report.rules_editions[-1]["edition"]:
+                                report.rules_editions.append(
+                                    {"edition": genesis.rules_edition, "adopted_at": at})
                             report.commands += 1
                             # The front listed every checkpoint up to this command, in order:
                             # None for one that does not end here.

@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
+from eventsourcing import domain as _library
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     IntegrityError,
@@ -28,7 +30,7 @@ from eventsourcing.persistence import (
 )
 
 from domain import commands as C
-from domain.base import LedgerAggregate
+from domain.base import LedgerAggregate, dated
 from domain.command import CommandRecord
 from domain.errors import DomainError
 from domain.genesis import Genesis
@@ -45,8 +47,15 @@ from ledger.checkpoints import Checkpointer
 from ledger.handlers import Handlers, UnitOfWork
 from ledger.merkle import MerkleTree
 from ledger.projections import PAGE, SKIPPED_PREFIXES, Progress, Projection
-from ledger.signing import Signature, SignedCommand, parse_canonical, sign_with_keyring
-from ledger.store import db_url, environment, leaf_hashes
+from ledger.signing import (
+    WINDOW_PAST_S,
+    Signature,
+    SignedCommand,
+    parse_base,
+    parse_canonical,
+    sign_with_keyring,
+)
+from ledger.store import EPOCH, Dating, db_url, environment, leaf_hashes
 from ledger.transcoder import MsgpackTranscoder
 
 MAX_ATTEMPTS = 20
@@ -68,6 +77,19 @@ def _fork_from(state: Projection, aggregate_id: UUID) -> LedgerAggregate | None:
     if aggregate_id.hex in state.trade_ids:
         return _TRADE_SEEN
     return None
+
+
+def _signed_until(events: list[Any]) -> int:
+    """The latest time (ns) to which these records may be dated with every signature of their
+    commands still inside its window (int(time) at most created + WINDOW_PAST_S)."""
+    limit = 1 << 80
+    for event in events:
+        if type(event) is CommandRecord.Accepted:
+            for sig in event.signatures:
+                created = parse_base(sig["base"]).params.get("created")
+                if isinstance(created, int):
+                    limit = min(limit, (created + WINDOW_PAST_S + 1) * 1_000_000_000 - 1)
+    return limit
 
 
 class _Pending:
@@ -128,6 +150,7 @@ class Registry(Application):
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._written_to: int | None = None  # the log's end after this process's last write
+        self._last_time = EPOCH  # the latest time a decision of this process to record was dated
 
     def construct_transcoder(self) -> Transcoder:
         return MsgpackTranscoder()
@@ -262,11 +285,28 @@ class Registry(Application):
                 ) -> dict[str, Any] | _Decision:
         """Authenticate and decide one command against `load`: the outcome of an earlier copy
         (a retry), or what to record. Raises DomainError to refuse."""
+        when = self._decision_time()
+        with dated(when):
+            decision = self._decide_at(int(when.timestamp()), command, signed, state, load)
+        if isinstance(decision, _Decision):
+            self._last_time = when
+        return decision
+
+    def _decision_time(self) -> datetime:
+        """The time a command is decided at, which its events and record are dated with: the
+        ledger's clock, but never before a decision this process made to record, nor before the
+        last record the store showed it (so the log's times never go back, though a clock may,
+        or another host's run ahead). Called with the projection lock held."""
+        when = datetime.fromtimestamp(self.clock(), _library.TZINFO)
+        return max(when, self._last_time, self.recorder.time_floor)
+
+    def _decide_at(self, now: int, command: C.Command, signed: SignedCommand, state: Projection,
+                   load: Callable[[UUID], LedgerAggregate | None],
+                   ) -> dict[str, Any] | _Decision:
         digest = command.digest()
         actor_sig, consents = split_signatures(command, signed)
         uow = UnitOfWork(load)
-        authenticate(uow, command, signed, actor_sig, consents, now=int(self.clock()),
-                     verify=verify_now)
+        authenticate(uow, command, signed, actor_sig, consents, now=now, verify=verify_now)
         prior = self._record_of(command.command_id, state)
         if prior is not None:
             return self._replayed(prior, command, digest, actor_sig)
@@ -300,12 +340,15 @@ class Registry(Application):
         the new records as written (no read back)."""
         stored = self.to_stored(events)
         leaves = leaf_hashes(stored)
+        dating = Dating(_signed_until(events))
         try:
             positions = list(self.recorder.insert_events(stored, read_set=read_set, leaves=leaves,
-                                                         decided_at=decided_at) or ())
+                                                         decided_at=decided_at, dated=dating) or ())
         except IntegrityError:
             self._written_to = None  # another process wrote: catch up before deciding again
             raise
+        if dating.stored is not None:  # dated after another process's later records
+            stored, leaves = dating.stored, dating.leaves
         if len(positions) != len(stored):
             raise AssertionError(f"{len(stored)} records written, {len(positions)} positions back")
         with self._projection_lock:

@@ -63,7 +63,7 @@ from ledger.audit_state import AuditCommitment, TicketInvariants, TreeProcess
 from ledger.authentication import SignatureJob, authenticate
 from ledger.checkpoints import COSIGNATURE_PREFIX, Checkpoint, b64
 from ledger.handlers import Handlers, UnitOfWork
-from ledger.records import RecordRow
+from ledger.records import RecordRow, time_text
 from ledger.transcoder import MsgpackTranscoder
 
 EXPORT_FORMAT = "carbon-ledger-export/1"
@@ -87,7 +87,31 @@ class DatabaseSource:
 
     def __init__(self, recorder: Any) -> None:
         self.recorder = recorder
-        self._size = self.recorder.max_notification_id() or 0
+        # The log's end read with its head, at one instant: the audit reads the records there
+        # are (not as many as the head says) and then holds the head against them.
+        self._head, end = self.recorder.head_and_end()
+        self._size, self._end_chain = end
+
+    def head_mismatch(self) -> Failure | None:
+        """Where the head (table ledger_head, from which the next write continues) does not
+        match the log's last record, when it does not."""
+        head = self._head
+        if head is None and self._size == 0:
+            return None
+        if head == (self._size, self._end_chain):
+            return None
+        if head is None:
+            return Failure(1, f"the log's head (table ledger_head) is missing, but the log holds "
+                           f"{self._size} records: the next write would begin the log again")
+        size, chain = head
+        where = min(size, self._size) + 1 if size != self._size else self._size
+        effect = ("every write would conflict with records the head does not count"
+                  if size < self._size else
+                  "the next write would leave a gap" if size > self._size else
+                  "the next write would break the hash chain")
+        return Failure(where, f"the log's head (table ledger_head) says {size} records ending "
+                       f"in chain {b64(chain)}, but the log's last record is at position "
+                       f"{self._size} with chain {b64(self._end_chain)}: {effect}")
 
     def size(self) -> int:
         return self._size
@@ -118,6 +142,7 @@ class DatabaseSource:
         twin.recorder = None
         twin.recipe = recipe
         twin._size = self._size
+        twin._head, twin._end_chain = self._head, self._end_chain
         return twin
 
 
@@ -578,6 +603,11 @@ class Auditor:
             pos, what = failures[0]
             if report.failure is None or pos <= report.failure.position:
                 report.failure = Failure(pos, what)
+        head = getattr(source, "head_mismatch", None)
+        mismatch = head() if head is not None else None
+        if mismatch is not None and (report.failure is None
+                                     or mismatch.position < report.failure.position):
+            report.failure = mismatch
         report.ok = report.failure is None
         if genesis is not None:
             report.origin, report.operator_key = genesis.origin, genesis.operator_key
@@ -608,6 +638,16 @@ class Auditor:
         record_pos = g.position
         cid = g.command_id
         command = g.command
+        if g.went_back is not None:
+            genesis = state.get(Genesis.id_for())
+            edition = (genesis.rules_edition if isinstance(genesis, Genesis)
+                       else command.get("rules_edition") or 1)
+            if edition >= 2:
+                at, when, before = g.went_back
+                raise _Stop(at, f"record {at} is dated {time_text(when)}, "
+                            f"{(before - when) / 1e9:.6f} s before the record before it "
+                            f"({time_text(before)}); under rules edition {edition} no record is "
+                            "dated before the one before it")
         try:
             # decided in place: the log is replayed, not trusted
             uow = UnitOfWork(state.get, self._known)

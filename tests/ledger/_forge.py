@@ -26,6 +26,7 @@ class Forger:
         if path is not None:
             self.con: Any = sqlite3.connect(path)
             self.pos, self.p, self.t = "rowid", "?", (lambda name: name)
+            self.events = "stored_events"
         else:
             import psycopg
 
@@ -34,6 +35,7 @@ class Forger:
             self.con = psycopg.connect(url.split("?")[0], autocommit=False)
             self.pos, self.p = "notification_id", "%s"
             self.t = lambda name: f'"{schema}"."{name}"'
+            self.events = "carbonledger_events"  # (the application's name, as eventsourcing has it)
         self.sqlite = path is not None
 
     def close(self) -> None:
@@ -52,11 +54,11 @@ class Forger:
 
     def positions(self, topic_suffix: str) -> list[int]:
         return [r[0] for r in self.execute(
-            f"SELECT {self.pos} FROM {self.t('stored_events')} WHERE topic LIKE {self.p} "
+            f"SELECT {self.pos} FROM {self.t(self.events)} WHERE topic LIKE {self.p} "
             f"ORDER BY {self.pos}", (f"%{topic_suffix}",))]
 
     def raw_state(self, position: int) -> bytes:
-        (state,) = self.execute(f"SELECT state FROM {self.t('stored_events')} WHERE "
+        (state,) = self.execute(f"SELECT state FROM {self.t(self.events)} WHERE "
                                 f"{self.pos} = {self.p}", (position,))[0]
         return bytes(state)
 
@@ -65,19 +67,19 @@ class Forger:
 
     def set_state(self, position: int, state: dict[str, Any] | bytes) -> None:
         raw = state if isinstance(state, bytes) else T.encode(state)
-        self.execute(f"UPDATE {self.t('stored_events')} SET state = {self.p} WHERE "
+        self.execute(f"UPDATE {self.t(self.events)} SET state = {self.p} WHERE "
                      f"{self.pos} = {self.p}", (raw, position))
 
     def recompute_chain(self) -> None:
         """Every chain value and the head, made to match the (edited) records."""
         chain, size = GENESIS_CHAIN, 0
         rows = self.execute(f"SELECT {self.pos}, originator_id, originator_version, topic, state "
-                            f"FROM {self.t('stored_events')} ORDER BY {self.pos}")
+                            f"FROM {self.t(self.events)} ORDER BY {self.pos}")
         for position, oid, version, topic, state in rows:
             oid = oid if isinstance(oid, UUID) else UUID(oid)
             chain = hashlib.sha256(chain + Record(position, oid, version, topic,
                                                   bytes(state)).leaf_hash()).digest()
-            self.execute(f"UPDATE {self.t('stored_events')} SET chain = {self.p} WHERE "
+            self.execute(f"UPDATE {self.t(self.events)} SET chain = {self.p} WHERE "
                          f"{self.pos} = {self.p}", (chain, position))
             size = position
         self.set_head(size, chain)
@@ -104,4 +106,5 @@ def recompute_sqlite_chain(con: sqlite3.Connection) -> None:
     """Forger.recompute_chain over an open sqlite3 connection."""
     forger = object.__new__(Forger)
     forger.con, forger.pos, forger.p, forger.t, forger.sqlite = con, "rowid", "?", (lambda n: n), True
+    forger.events = "stored_events"
     forger.recompute_chain()

@@ -61,7 +61,7 @@ from ledger.audit_front import (
 )
 from ledger.audit_state import AuditCommitment, TicketInvariants, TreeProcess
 from ledger.authentication import SignatureJob, authenticate
-from ledger.checkpoints import COSIGNATURE_PREFIX, Checkpoint, b64
+from ledger.checkpoints import COSIGNATURE_PREFIX, Checkpoint, b64, chain_break
 from ledger.handlers import Handlers, UnitOfWork
 from ledger.records import RecordRow, time_text
 from ledger.transcoder import MsgpackTranscoder
@@ -519,10 +519,12 @@ class Auditor:
         self._known = ({}, {})
         tickets = TicketInvariants()
         commitment = AuditCommitment(tickets)
-        checkpoints = source.checkpoints()
+        # (cosignatures first: a checkpoint is stored before its cosignatures, so one signed
+        # meanwhile is not taken for a deleted one)
         cosignatures: dict[int, list[tuple[str, str, bytes]]] = {}
         for size, witness, kid, sig in source.cosignatures():
             cosignatures.setdefault(size, []).append((witness, kid, sig))
+        checkpoints = source.checkpoints()
         next_cp = 0
         prev_cp: Checkpoint | None = None
         genesis: Genesis | None = None
@@ -604,10 +606,11 @@ class Auditor:
             if report.failure is None or pos <= report.failure.position:
                 report.failure = Failure(pos, what)
         head = getattr(source, "head_mismatch", None)
-        mismatch = head() if head is not None else None
-        if mismatch is not None and (report.failure is None
-                                     or mismatch.position < report.failure.position):
-            report.failure = mismatch
+        for late in (_orphan_cosignature(cosignatures, checkpoints, total),
+                     head() if head is not None else None):
+            if late is not None and (report.failure is None
+                                     or late.position < report.failure.position):
+                report.failure = late
         report.ok = report.failure is None
         if genesis is not None:
             report.origin, report.operator_key = genesis.origin, genesis.operator_key
@@ -814,6 +817,9 @@ class Auditor:
                 raise proof
             if not merkle.verify_consistency(prev.size, size, proof, prev.root, cp.root):
                 raise _Stop(size, f"{where} is not consistent with the checkpoint at size {prev.size}")
+        problem = chain_break(prev, cp, where)
+        if problem is not None:
+            raise _Stop(size, problem)
         sigs.add(genesis.operator_key, signature, body, size,
                  f"{where} is not signed by the operator key")
         report.checkpoints += 1
@@ -828,6 +834,20 @@ class Auditor:
                      f"{where}: the cosignature by {witness} does not verify")
             report.cosignatures += 1
         return cp
+
+
+def _orphan_cosignature(cosignatures: dict[int, list[tuple[str, str, bytes]]],
+                        checkpoints: list[tuple[int, bytes, bytes]], total: int) -> Failure | None:
+    """A witness's cosignature of a checkpoint the log no longer has (within the log's size):
+    the latest checkpoint, which no later one names, deleted after it was witnessed."""
+    signed = {size for size, _, _ in checkpoints}
+    for size in sorted(cosignatures):
+        if size <= total and size not in signed:
+            witness = cosignatures[size][0][0]
+            return Failure(size, f"the cosignature by {witness} of the checkpoint at size {size} "
+                           "names a checkpoint the log no longer has: a witnessed checkpoint was "
+                           "deleted")
+    return None
 
 
 def audit_database(recorder: Any, operator_key: str | None = None, workers: int | None = None,

@@ -234,7 +234,10 @@ def test_checkpoint_parses_only_in_canonical_form(app: Registry) -> None:
         "unpadded root": text.replace(root, root.rstrip("=")),
         "swapped lines": text.replace(f"size {cp.size}\n", "").replace(
             f"time {cp.time}\n", f"time {cp.time}\nsize {cp.size}\n"),
-        "other header": text.replace("checkpoint v1", "checkpoint v2"),
+        "other header": text.replace("checkpoint v2", "checkpoint v3"),
+        "the old header over the chained body": text.replace("checkpoint v2", "checkpoint v1"),
+        "the chained header without its previous line": text.replace("previous none\n", ""),
+        "a previous of size 0": text.replace("previous none", "previous 0 " + root),
         "upper-case key": text.replace("origin ", "Origin "),
         "non-canonical base64 root": text.replace(root, root[:42] + _B64_ALPHABET[
             _B64_ALPHABET.index(root[42]) ^ 1] + "="),

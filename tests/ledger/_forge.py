@@ -11,6 +11,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 from uuid import UUID
 
+from ledger import demo
+from ledger.application import Registry
+from ledger.keys import Keyring
 from ledger.records import GENESIS_CHAIN, Record
 from ledger.store import sqlite_path
 from ledger.transcoder import MsgpackTranscoder
@@ -100,6 +103,13 @@ class Forger:
 
     def delete_cosignatures(self, size: int) -> None:
         self.execute(f"DELETE FROM {self.t('cosignatures')} WHERE size = {self.p}", (size,))
+
+
+def open_demo(url: str) -> Registry:
+    """A registry at `url` holding the demo story, with no checkpoints of its own."""
+    app = Registry(url, keyring=Keyring(), auto_checkpoint=False)
+    demo.load(app)
+    return app
 
 
 def recompute_sqlite_chain(con: sqlite3.Connection) -> None:

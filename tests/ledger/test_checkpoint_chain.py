@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _forge import Forger  # type: ignore[import-not-found]
 
 from domain.errors import DomainError
 from ledger import demo
@@ -23,8 +24,6 @@ from ledger.audit import audit_database, audit_export, export
 from ledger.checkpoints import NO_PREVIOUS, Checkpoint, witness
 from ledger.keys import Keyring
 from ledger.proofs import ProofError, bundle, verify_bundle
-
-from _forge import Forger  # type: ignore[import-not-found]
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "edition1"
 REGULATOR = "fujian-eco"

@@ -1062,14 +1062,14 @@ class RegistryMachine(RuleBasedStateMachine):
                 assert min(row["used_t"], row["remaining_t"], row["limit_t"]) >= 0
 
 
-RegistryMachine.TestCase.settings = settings(
-    max_examples=200,
+_SETTINGS: dict[str, Any] = dict(
     stateful_step_count=40,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much],
 )
+RegistryMachine.TestCase.settings = settings(max_examples=200, **_SETTINGS)
 TestRegistryInvariants = RegistryMachine.TestCase
 
 
@@ -1100,12 +1100,5 @@ class RegistryMachine2(RegistryMachine):
             super().teardown()
 
 
-RegistryMachine2.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=40,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
-)
+RegistryMachine2.TestCase.settings = settings(max_examples=60, **_SETTINGS)
 TestRegistryInvariantsEdition2 = RegistryMachine2.TestCase

@@ -11,21 +11,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _forge import Forger  # type: ignore[import-not-found]
+from _forge import Forger, open_demo  # type: ignore[import-not-found]
 
 from domain.errors import DomainError
-from ledger import demo
 from ledger.application import Registry
 from ledger.audit import audit_database
-from ledger.keys import Keyring
 from ledger.records import GENESIS_CHAIN
 
 
 @pytest.fixture
 def world(store_url: str) -> Iterator[tuple[Registry, str]]:
     """The demo story on either store (no checkpoints: the head is all that is wrong)."""
-    app = Registry(store_url, keyring=Keyring(), auto_checkpoint=False)
-    demo.load(app)
+    app = open_demo(store_url)
     yield app, store_url
     app.close()
 
@@ -66,14 +63,20 @@ def test_an_honest_head_verifies(world: tuple[Registry, str]) -> None:
     assert head == end and end[0] == app.log_position()
 
 
-def test_a_head_set_back_stops_writes_and_fails_verify(world: tuple[Registry, str]) -> None:
+def edited_head(world: tuple[Registry, str], edit: Any) -> tuple[Registry, int, DomainError]:
+    """The registry reopened after `edit(forger, size)` changed its head: the next write is
+    refused; (the registry, the log's size, the refusal)."""
     app, url = world
     size = app.log_position()
     with Forger(url) as f:
-        f.set_head(size - 10, f.head()[1])
+        edit(f, size)
     app = reopen(app, url)
+    return app, size, refused_inconsistent(app)
+
+
+def test_a_head_set_back_stops_writes_and_fails_verify(world: tuple[Registry, str]) -> None:
+    app, size, err = edited_head(world, lambda f, size: f.set_head(size - 10, f.head()[1]))
     try:
-        err = refused_inconsistent(app)
         assert f"{size - 10} records" in err.message and f"position {size}" in err.message
         at, what = audit_failure(app)
         assert at == size - 9
@@ -83,43 +86,17 @@ def test_a_head_set_back_stops_writes_and_fails_verify(world: tuple[Registry, st
         app.close()
 
 
-def test_a_zeroed_chain_stops_writes_and_fails_verify(world: tuple[Registry, str]) -> None:
-    app, url = world
-    size = app.log_position()
-    with Forger(url) as f:
-        f.set_head(size, bytes(32))
-    app = reopen(app, url)
+@pytest.mark.parametrize(("edit", "at", "says"), [
+    (lambda f, size: f.set_head(size, bytes(32)), lambda size: size, "break the hash chain"),
+    (lambda f, size: f.set_head(size + 5, GENESIS_CHAIN), lambda size: size + 1, "gap"),
+    (lambda f, size: f.execute(f"DELETE FROM {f.t('ledger_head')}"), lambda size: 1, "missing"),
+], ids=["zeroed chain", "ahead of the log", "deleted"])
+def test_another_head_stops_writes_and_fails_verify(world: tuple[Registry, str], edit: Any,
+                                                     at: Any, says: str) -> None:
+    app, size, _ = edited_head(world, edit)
     try:
-        refused_inconsistent(app)
-        at, what = audit_failure(app)
-        assert at == size and "break the hash chain" in what
-    finally:
-        app.close()
-
-
-def test_a_head_ahead_of_the_log_stops_writes_and_fails_verify(world: tuple[Registry, str]) -> None:
-    app, url = world
-    size = app.log_position()
-    with Forger(url) as f:
-        f.set_head(size + 5, GENESIS_CHAIN)
-    app = reopen(app, url)
-    try:
-        refused_inconsistent(app)
-        at, what = audit_failure(app)
-        assert at == size + 1 and "gap" in what
-    finally:
-        app.close()
-
-
-def test_a_deleted_head_stops_writes_and_fails_verify(world: tuple[Registry, str]) -> None:
-    app, url = world
-    with Forger(url) as f:
-        f.execute(f"DELETE FROM {f.t('ledger_head')}")
-    app = reopen(app, url)
-    try:
-        refused_inconsistent(app)
-        at, what = audit_failure(app)
-        assert at == 1 and "missing" in what
+        found, what = audit_failure(app)
+        assert found == at(size) and says in what
     finally:
         app.close()
 
@@ -127,13 +104,11 @@ def test_a_deleted_head_stops_writes_and_fails_verify(world: tuple[Registry, str
 def test_a_head_put_back_lets_writes_go_on(world: tuple[Registry, str]) -> None:
     """Whoever restores the head from the log (the investigation's end) can write again, and
     the log verifies."""
-    app, url = world
+    url = world[1]
     with Forger(url) as f:
         honest = f.head()
-        f.set_head(honest[0] - 3, honest[1])
-    app = reopen(app, url)
+    app, _, _ = edited_head(world, lambda f, size: f.set_head(honest[0] - 3, honest[1]))
     try:
-        refused_inconsistent(app)
         with Forger(url) as f:
             f.set_head(*honest)
         a_write(app)()

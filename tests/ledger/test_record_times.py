@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _forge import Forger  # type: ignore[import-not-found]
+from _forge import Forger, open_demo  # type: ignore[import-not-found]
 
 from domain.errors import DomainError
 from ledger import demo
@@ -61,8 +61,7 @@ def assert_never_back(url: str) -> None:
 
 @pytest.fixture
 def demo_app(store_url: str) -> Iterator[tuple[Registry, str]]:
-    app = Registry(store_url, keyring=Keyring(), auto_checkpoint=False)
-    demo.load(app)
+    app = open_demo(store_url)
     yield app, store_url
     app.close()
 
@@ -171,6 +170,16 @@ def _move(url: str, position: int, by_ns: int) -> None:
         f.recompute_chain()
 
 
+def moved(app: Registry, url: str, position: int, by_ns: int) -> str:
+    """The audit's failure after the record at `position` was dated `by_ns` otherwise: it must
+    be named at that position."""
+    _move(url, position, by_ns)
+    report = audit(app)
+    assert not report.ok and report.failure is not None
+    assert report.failure.position == position, report.failure
+    return report.failure.what
+
+
 def first_event_after_the_last_checkpoint(app: Registry, url: str) -> int:
     with Forger(url) as f:
         sizes = f.checkpoint_sizes()
@@ -188,22 +197,17 @@ def test_an_event_moved_ten_years_is_named(demo_app: tuple[Registry, str]) -> No
         "ticket_no": "SM-0000001", "quantity_t": 1, "price": "15.00", "mode": "negotiated"})
     position = first_event_after_the_last_checkpoint(app, url)
     assert position > checkpoint
-    _move(url, position, TEN_YEARS_NS)
-    report = audit(app)
-    assert not report.ok and report.failure is not None
-    assert report.failure.position == position
-    assert f"record {position} is dated 20" in report.failure.what
-    assert "after the signature of its command late-trade" in report.failure.what
+    what = moved(app, url, position, TEN_YEARS_NS)
+    assert f"record {position} is dated 20" in what
+    assert "after the signature of its command late-trade" in what
 
 
 def test_an_event_moved_before_its_signature_is_named(demo_app: tuple[Registry, str]) -> None:
     app, url = demo_app
     with Forger(url) as f:
         position = f.positions("Pledge.Created")[0]
-    _move(url, position, -61 * NS)
-    report = audit(app)
-    assert report.failure is not None and report.failure.position == position
-    assert "61 s before the signature of its command pledge/PL-2021-001" in report.failure.what
+    what = moved(app, url, position, -61 * NS)
+    assert "61 s before the signature of its command pledge/PL-2021-001" in what
 
 
 def test_a_command_record_moved_ten_years_is_a_stale_signature(
@@ -211,10 +215,7 @@ def test_a_command_record_moved_ten_years_is_a_stale_signature(
     app, url = demo_app
     with Forger(url) as f:
         position = f.positions("CommandRecord.Accepted")[-1]
-    _move(url, position, TEN_YEARS_NS)
-    report = audit(app)
-    assert report.failure is not None and report.failure.position == position
-    assert "stale_signature" in report.failure.what
+    assert "stale_signature" in moved(app, url, position, TEN_YEARS_NS)
 
 
 def test_a_record_dated_before_the_one_before_it_is_named_under_edition_2(
@@ -225,12 +226,9 @@ def test_a_record_dated_before_the_one_before_it_is_named_under_edition_2(
     with Forger(url) as f:  # the pledge's record, after its events (dated as it is)
         pledge = f.positions("Pledge.Created")[0]
         position = next(p for p in f.positions("CommandRecord.Accepted") if p > pledge)
-    _move(url, position, -NS)
-    report = audit(app)
-    assert report.failure is not None and report.failure.position == position
-    assert f"record {position} is dated" in report.failure.what
-    assert "1.000000 s before the record before it" in report.failure.what
-    assert "rules edition 2" in report.failure.what
+    what = moved(app, url, position, -NS)
+    assert f"record {position} is dated" in what
+    assert "1.000000 s before the record before it" in what and "rules edition 2" in what
 
 
 @pytest.fixture
@@ -258,12 +256,10 @@ def test_a_registry_written_before_edition_2_holds_records_dated_back_and_verifi
 def test_the_window_rule_holds_for_a_registry_written_before_editions(old_url: str) -> None:
     with Forger(old_url) as f:
         position = f.positions("Ticket.Transferred")[0]
-    _move(old_url, position, TEN_YEARS_NS)
     app = Registry(old_url, auto_checkpoint=False)
     try:
-        report = audit(app)
-        assert report.failure is not None and report.failure.position == position
-        assert "after the signature of its command" in report.failure.what
+        assert "after the signature of its command" in moved(app, old_url, position,
+                                                             TEN_YEARS_NS)
     finally:
         app.close()
 

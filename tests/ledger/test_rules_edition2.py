@@ -11,7 +11,6 @@ for conservation and, at the end, for a clean audit.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,13 @@ from test_rules import (  # type: ignore[import-not-found]
     SM,
     TICKETS,
     World,
-    _names,
-    assert_conserved,
+    conserved,
+    copy_of,
+    make_template,
     policy_args,
 )
 
 from domain import commands as C
-from domain.errors import DomainError
 from ledger.application import Registry
 from ledger.audit import audit_database
 from ledger.keys import Keyring
@@ -39,23 +38,7 @@ OTHER = "OT-0000001"  # a ticket of alice's issued by forestry-2
 
 
 class World2(World):
-    """World, with the consents each command carries chosen by the test when it says so."""
-
-    def ok(self, name: str, actor: str, /, *, consents: tuple[str, ...] | None = None,
-           **args: Any) -> dict[str, Any]:
-        return self.app.submit(name, actor, self.next_id(), args, consents=consents)
-
-    def refused(self, code: str, name: str, actor: str, /, *, says: tuple = (),
-                consents: tuple[str, ...] | None = None, **args: Any) -> DomainError:
-        before = self.app.log_position()
-        with pytest.raises(DomainError) as info:
-            self.app.submit(name, actor, self.next_id(), args, consents=consents)
-        err = info.value
-        assert err.code == code, f"expected {code}, got {err.code}: {err.message}"
-        for value in says:
-            assert _names(err.message, value), f"{value!r} is not named in {err.message!r}"
-        assert self.app.log_position() == before, "a refused command wrote to the log"
-        return err
+    """World, with the steps of edition 2's insurance."""
 
     def confirm(self, confirmed_t: int, *, by: str = "forestry", claim_id: str = "CL-1",
                 report: str = "三林核〔2022〕12号") -> dict[str, Any]:
@@ -95,25 +78,15 @@ def keyring() -> Keyring:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory, keyring: Keyring) -> Path:
-    path = tmp_path_factory.mktemp("world2") / "registry.db"
-    app = Registry(f"sqlite:///{path}", keyring=keyring)
-    build_world2(app)
-    app.close()
-    return path
+    return make_template(tmp_path_factory, keyring, build_world2, "world2")
 
 
 @pytest.fixture
 def world(template: Path, keyring: Keyring, tmp_path: Path) -> Iterator[World2]:
-    for f in template.parent.glob(template.name + "*"):
-        shutil.copyfile(f, tmp_path / f.name)
-    app = Registry(f"sqlite:///{tmp_path / template.name}", keyring=keyring)
-    try:
+    with conserved(copy_of(template, keyring, tmp_path)) as app:
         yield World2(app)
-        assert_conserved(app)
         report = audit_database(app.recorder, workers=1)
         assert report.ok, report.failure
-    finally:
-        app.close()
 
 
 # Binding a policy --------------------------------------------------------------------------------

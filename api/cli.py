@@ -31,7 +31,7 @@ from api.access_log import FORMATS as LOG_FORMATS
 from api.access_log import LEVELS as LOG_LEVELS
 from domain import commands as C
 from domain.errors import CODES, DomainError
-from domain.genesis import Genesis
+from domain.genesis import EDITIONS, LATEST_EDITION, Genesis
 from ledger import as_of as as_of_values
 from ledger import demo as demo_story
 from ledger import narration
@@ -106,13 +106,31 @@ def cmd_init(args: argparse.Namespace) -> int:
                           "init never overwrites an operator key")
     keyring.create(args.operator)
     outcome = app.submit("initialise", args.operator, f"init-{args.operator}",
-                         {"origin": args.origin, "operator_id": args.operator, "name": args.name})
+                         {"origin": args.origin, "operator_id": args.operator, "name": args.name,
+                          "rules_edition": LATEST_EDITION})
     if args.json:
         _print_json({"db": app.url, "keys": str(keyring.folder), **outcome})
     else:
         out.print(f"initialised registry [bold]{args.origin}[/] at {app.url}; operator "
                   f"[bold]{args.operator}[/], key {outcome['key_id']} in {keyring.folder}")
         out.print(f"operator public key: {outcome['operator_key']}")
+        out.print(f"rules edition {outcome['rules_edition']}")
+    return 0
+
+
+def cmd_adopt_rules(args: argparse.Namespace) -> int:
+    app = _open(args)
+    genesis = app.projection().genesis
+    if genesis is None:
+        raise DomainError("unknown_participant", "the registry is not initialised (run init)")
+    outcome = app.submit("adopt_rules", genesis.operator_id, f"rules/edition-{args.edition}",
+                         {"edition": args.edition})
+    if args.json:
+        _print_json(outcome)
+    else:
+        out.print(f"the registry follows rules edition {outcome['edition']} (was "
+                  f"{outcome['previous_edition']}) for every command after position "
+                  f"{outcome['position']:,}: {EDITIONS[outcome['edition']]}")
     return 0
 
 
@@ -485,6 +503,10 @@ def _print_audit(report: AuditReport, as_json: bool) -> int:
                   f"({report.events_per_s:,} events/s); root {report.root}")
         for note in report.notes:
             out.print(f"note: {note}")
+        out.print("rules: " + ", ".join(
+            f"edition {e['edition']} " + (f"from position {e['adopted_at']:,}" if e["adopted_at"]
+                                          else "from the start")
+            for e in report.rules_editions))
     else:
         assert report.failure is not None
         err.print(f"[red]verification failed[/] at {report.failure}")
@@ -693,7 +715,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         args.actor = command.actor
         client = _remote(args)
         try:
-            outcome = client.command(command.name, data["args"], command.command_id)
+            consenting = Keyring(Path(args.keys)) if args.consent and getattr(args, "keys", None) \
+                else None
+            if args.consent and consenting is None:
+                raise DomainError("invalid_argument", "--consent needs --keys DIR holding the "
+                                  "consenting parties' keys")
+            outcome = client.command(command.name, data["args"], command.command_id,
+                                     consents=[consenting.get(c) for c in args.consent]
+                                     if consenting is not None else None)
         except ApiError as e:
             raise DomainError(e.code if e.code in CODES else "invalid_argument", e.detail) from None
         finally:
@@ -701,7 +730,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         # An `initialise` makes the registry, as init does; any other command needs one.
         outcome = _open(args, create=command.name == "initialise").submit(
-            command.name, command.actor, command.command_id, data["args"])
+            command.name, command.actor, command.command_id, data["args"],
+            consents=args.consent or None)
     _print_json(outcome)
     return 0
 
@@ -877,8 +907,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", parents=[common, remote_write],
                        help="execute a command given as JSON (file or - for stdin)")
     p.add_argument("file")
+    p.add_argument("--consent", action="append", default=[], metavar="PARTICIPANT",
+                   help="sign the command's consent as this party too, with its key from --keys "
+                   "(repeatable; without it, a local submit signs every consent the command "
+                   "needs whose key --keys holds)")
     p.set_defaults(func=cmd_submit)
     cli_writes.add_verbs(sub, common)
+
+    p = sub.add_parser("adopt-rules", parents=[common, reads],
+                       help="adopt a newer rules edition from the next command on (operator)")
+    p.add_argument("edition", type=int, choices=sorted(EDITIONS),
+                   help="; ".join(f"{n}: {text}" for n, text in EDITIONS.items()))
+    p.set_defaults(func=cmd_adopt_rules)
     return parser
 
 

@@ -140,6 +140,45 @@ class Client:
     def retire(self, **args: Any) -> dict[str, Any]:
         return self.command("retire", args)
 
+    # Insurance (rules edition 2: the insured consents to its policy; the tickets' issuer or a
+    # regulator confirms a physical loss; a court that froze the account consents to its units'
+    # cancellation) ------------------------------------------------------------------------------
+
+    def bind_policy(self, *, policy_id: str, insured: str, insured_key: Ed25519PrivateKey,
+                    lines: list[dict[str, Any]], sum_insured: str, premium: str, start: str,
+                    end: str, perils: list[str], loss_payee: str | None = None) -> dict[str, Any]:
+        """Bind a policy as the insurer; the insured's key signs its consent to the same body."""
+        args: dict[str, Any] = {"policy_id": policy_id, "insured": insured, "lines": lines,
+                                "sum_insured": sum_insured, "premium": premium, "start": start,
+                                "end": end, "perils": perils}
+        if loss_payee:
+            args["loss_payee"] = loss_payee
+        return self.command("bind_policy", args, consents=[insured_key])
+
+    def file_claim(self, *, claim_id: str, policy_id: str, peril: str, loss_date: str,
+                   claimed_t: int, description: str | None = None) -> dict[str, Any]:
+        """File a claim as the insured or its loss payee."""
+        args: dict[str, Any] = {"claim_id": claim_id, "policy_id": policy_id, "peril": peril,
+                                "loss_date": loss_date, "claimed_t": claimed_t}
+        if description:
+            args["description"] = description
+        return self.command("file_claim", args)
+
+    def confirm_loss(self, claim_id: str, confirmed_t: int, report: str) -> dict[str, Any]:
+        """Confirm a physical loss as the tickets' issuer or a regulator, with the survey."""
+        return self.command("confirm_loss", {"claim_id": claim_id, "confirmed_t": confirmed_t,
+                                             "report": report})
+
+    def approve_claim(self, claim_id: str, approved_t: int, payout: str, *,
+                      court_keys: list[Ed25519PrivateKey] | None = None) -> dict[str, Any]:
+        """Approve a claim as the insurer; `court_keys`: the consent of each court that froze
+        the insured's account, when its units are to be cancelled."""
+        return self.command("approve_claim", {"claim_id": claim_id, "approved_t": approved_t,
+                                              "payout": payout}, consents=court_keys)
+
+    def reject_claim(self, claim_id: str, reason: str) -> dict[str, Any]:
+        return self.command("reject_claim", {"claim_id": claim_id, "reason": reason})
+
     # Reads -----------------------------------------------------------------------------------
 
     def get(self, path: str, params: dict[str, Any] | None = None, *, signed: bool = True) -> Any:
@@ -192,6 +231,7 @@ def default_command_id(name: str, actor: str, args: dict[str, Any]) -> str:
                "bind_policy": ("policy", args.get("policy_id")),
                "file_claim": ("claim", args.get("claim_id")),
                "approve_claim": ("claim", args.get("claim_id"), "approve"),
+               "confirm_loss": ("claim", args.get("claim_id"), "confirm"),
                "reject_claim": ("claim", args.get("claim_id"), "reject"),
                "retire": ("retirement", args.get("retirement_id")),
                "issue_ticket": ("ticket", args.get("ticket_no")),

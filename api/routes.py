@@ -53,6 +53,8 @@ WRITES = [
                summary="Approve a claim (the insurer)"),
     WriteRoute("POST", "/v1/claims/{claim_id}/reject", ("reject_claim",),
                summary="Reject a claim (the insurer)"),
+    WriteRoute("POST", "/v1/claims/{claim_id}/loss-confirmation", ("confirm_loss",),
+               summary="Confirm a physical loss (the tickets' issuer or a regulator)"),
     WriteRoute("POST", "/v1/retirements", ("retire",), True, "Retire units (the holder)"),
     WriteRoute("PUT", "/v1/compliance/{entity}/{scheme}/{period}/emissions", ("record_emissions",),
                summary="Record verified emissions (regulator)"),

@@ -762,10 +762,12 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     def get_claim(request: Request, claim_id: str) -> dict[str, Any]:
         caller = caller_of(request)
         require(caller, caller.participant_id is not None, "a claim")
-        view, policy = reg().view(lambda p: (p.claim(claim_id),
-                                             p.policies[p.claims[claim_id].policy_id]))
+        view, policy, issuers = reg().view(lambda p: (
+            p.claim(claim_id), p.policies[p.claims[claim_id].policy_id],
+            {p.tickets[t].issuer for t, _ in p.policies[p.claims[claim_id].policy_id].lines}))
+        # (the tickets' issuer reads the claims whose loss it is asked to confirm)
         require(caller, caller.regulator or caller.participant_id in (
-            policy.insurer, policy.insured, policy.loss_payee), f"claim {claim_id}")
+            policy.insurer, policy.insured, policy.loss_payee, *issuers), f"claim {claim_id}")
         return view
 
     @app.get("/v1/retirements/{retirement_id}", summary="A retirement (public)",

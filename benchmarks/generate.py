@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from domain.errors import DomainError
+from domain.genesis import LATEST_EDITION
 from ledger.application import Registry
 from ledger.keys import Keyring
 
@@ -61,7 +62,8 @@ def generate(url: str, keys: Path | None, events: int, seed: int = 20211118,
             return None
 
     run("initialise", "registry", "init", {"origin": "bench.carbon-ledger/registry",
-                                           "operator_id": "registry", "name": "bench operator"})
+                                           "operator_id": "registry", "name": "bench operator",
+                                           "rules_edition": LATEST_EDITION})
     roles = ([("issuer", f"issuer-{i}") for i in range(5)] + [("regulator", "regulator")]
              + [("exchange", f"exchange-{i}") for i in range(3)]
              + [("bank", f"bank-{i}") for i in range(20)]
@@ -197,6 +199,11 @@ def _lifecycle(run: Callable, rng: random.Random, w: World, k: int,
                         "claim_id": f"CLM-{tag}", "policy_id": f"POL-{tag}", "peril": peril,
                         "loss_date": "2025-06-01", "claimed_t": lost})
                     if rng.random() < 0.7:
+                        if peril != "price_index":  # the ticket's issuer confirms the loss
+                            run("confirm_loss", f"issuer-{int(no[2:]) % 5}",
+                                f"claim/CLM-{tag}/confirm", {
+                                    "claim_id": f"CLM-{tag}", "confirmed_t": lost,
+                                    "report": f"核查报告 {tag}"})
                         if run("approve_claim", insurer, f"claim/CLM-{tag}/approve", {
                                 "claim_id": f"CLM-{tag}", "approved_t": lost,
                                 "payout": f"{lost * 5}.00"}) and peril != "price_index":

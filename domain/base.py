@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import keyword
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from functools import cache, lru_cache
 from hashlib import sha1
@@ -24,6 +26,26 @@ from eventsourcing.utils import get_topic, resolve_topic
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:carbon-ledger:registry")
 _LIBRARY_TIMESTAMP = Aggregate.Event.create_timestamp  # (a staticmethod: the function itself)
 _datetime_now = datetime.now
+
+# The time every event made in this context is dated with (see dated); None: now, as made.
+_EVENT_TIME: ContextVar[datetime | None] = ContextVar("carbon_ledger_event_time", default=None)
+_event_time = _EVENT_TIME.get
+
+
+@contextmanager
+def dated(when: datetime) -> Iterator[None]:
+    """Date every event made inside (by a class dated the library's way) with `when`: the events
+    a command yields and its record are one decision, made at one time, the time the registry
+    checked the command's signatures against."""
+    token = _EVENT_TIME.set(when)
+    try:
+        yield
+    finally:
+        _EVENT_TIME.reset(token)
+
+
+def _now_or_dated() -> datetime:
+    return _event_time() or _datetime_now(_library.TZINFO)
 
 
 def id_memo(kind: str) -> Any:
@@ -114,15 +136,17 @@ def _maker(event_class: type[Any]) -> Callable[..., Any]:
         (", *, " if fixed else "*, ") + ", ".join(keywords) if keywords else "")
     source = (f"def make({params}):\n"
               # the class's create_timestamp, looked up per event as the library does: the
-              # library's own is datetime.now in its time zone
+              # library's own is datetime.now in its time zone (or the time `dated` gives)
               + ("    if timestamp is _NOW:\n"
-                 "        timestamp = (_now(_library.TZINFO) if cls.create_timestamp is _LIBRARY\n"
+                 "        timestamp = (_dated() or _now(_library.TZINFO)\n"
+                 "                     if cls.create_timestamp is _LIBRARY\n"
                  "                     else cls.create_timestamp())\n"
                  if "timestamp" in names else "")
               + "    event = _new(cls)\n"
               + f"    _set(event, '__dict__', {{{', '.join(f'{name!r}: {name}' for name in names)}}})\n"
               + "    return event\n")
     space: dict[str, Any] = {"_NOW": _NOW, "_now": _datetime_now, "_library": _library,
+                             "_dated": _event_time,
                              "_LIBRARY": _LIBRARY_TIMESTAMP,
                              "_new": object.__new__, "_set": object.__setattr__,
                              "cls": event_class}
@@ -157,7 +181,8 @@ def _new_event_checked(event_class: type[Any], fixed: dict[str, Any], given: dic
             state[name] = given[name]
             n += 1
         elif name == "timestamp":
-            state[name] = event_class.create_timestamp()
+            state[name] = (_now_or_dated() if event_class.create_timestamp is _LIBRARY_TIMESTAMP
+                           else event_class.create_timestamp())
         else:
             raise TypeError(f"{event_class.__qualname__} needs the field {name!r}")
     if n != len(given):

@@ -17,6 +17,7 @@ import msgpack
 
 from domain import values as V
 from domain.errors import DomainError, invalid
+from domain.genesis import EDITIONS
 
 MAX_BATCH = 10_000
 MAX_LINES = 1_000
@@ -30,6 +31,16 @@ def _optional(parser: Parser, default: Any = "") -> Parser:
 
     parse.optional = True  # type: ignore[attr-defined]
     parse.default = default  # type: ignore[attr-defined]
+    parse.text = getattr(parser, "text", False)  # type: ignore[attr-defined]
+    return parse
+
+
+def _added(parser: Parser) -> Parser:
+    """An optional argument added to a command after commands were recorded without it: left
+    out of the parsed fields when absent, so that an old command's fields, and so its digest,
+    stay what they were when it was signed."""
+    parse = _optional(parser, None)
+    parse.omitted = True  # type: ignore[attr-defined]
     return parse
 
 
@@ -39,6 +50,13 @@ def _enum(enum) -> Parser:
 
 def _text(value: Any, name: str) -> str:
     return V.text(value, name)
+
+
+_text.text = True  # type: ignore[attr-defined]  # human-readable: see TEXT_FIELDS
+
+
+def _serial_text(value: Any, name: str) -> str:
+    return V.text(value, name)  # a serial, parsed as one later: not kept as text
 
 
 def _date(value: Any, name: str) -> str:
@@ -229,7 +247,16 @@ def _spec(command_name: str, /, **fields: Parser) -> None:
     Command.SPECS[command_name] = fields
 
 
-_spec("initialise", origin=_ref, operator_id=_slug, name=_text, public_key=_public_key)
+def _edition(value: Any, name: str) -> int:
+    known = ", ".join(map(str, EDITIONS))
+    if isinstance(value, bool) or not isinstance(value, int) or value not in EDITIONS:
+        raise invalid(f"{name} {value!r} is not a rules edition this registry knows ({known})",
+                      field=name)
+    return value
+
+
+_spec("initialise", origin=_ref, operator_id=_slug, name=_text, public_key=_public_key,
+      rules_edition=_added(_edition))
 _spec("register_participant", participant_id=_slug, name=_text, role=_enum(V.Role),
       public_key=_public_key)
 _spec("rotate_key", participant_id=_slug, new_public_key=_public_key)
@@ -242,8 +269,8 @@ _spec("grant_mandate", holder=_slug, exchange=_slug)
 _spec("revoke_mandate", holder=_slug, exchange=_slug)
 
 _TRANSFER_ITEM = dict(trade_id=_ref, seller=_slug, buyer=_slug, ticket_no=_ticket,
-                      quantity_t=_optional(_tonnes, None), first_serial=_optional(_text, None),
-                      last_serial=_optional(_text, None), price=_money,
+                      quantity_t=_optional(_tonnes, None), first_serial=_optional(_serial_text, None),
+                      last_serial=_optional(_serial_text, None), price=_money,
                       mode=_enum(V.TradeMode))
 _spec("transfer", **_TRANSFER_ITEM)
 
@@ -374,10 +401,19 @@ _spec("set_limits", scheme=_scheme, period=_cperiod, limits_bp=_limits, total_bp
 _spec("freeze", holder=_slug, reason=_text)
 _spec("unfreeze", holder=_slug)
 _spec("cancel_units", cancellation_id=_ref, ticket_no=_ticket, holder=_slug,
-      quantity_t=_optional(_tonnes, None), first_serial=_optional(_text, None),
-      last_serial=_optional(_text, None), reason=_text)
+      quantity_t=_optional(_tonnes, None), first_serial=_optional(_serial_text, None),
+      last_serial=_optional(_serial_text, None), reason=_text)
+_spec("confirm_loss", claim_id=_ref, confirmed_t=_tonnes0, report=_text)
+_spec("adopt_rules", edition=_edition)
 
 COMMAND_NAMES = tuple(Command.SPECS)
+
+# The human-readable text fields of each command: rules edition 2 checks them for display
+# safety (values.display_text). The multi-line ones may hold line breaks and tabs.
+TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(f for f, parser in spec.items() if getattr(parser, "text", False))
+    for name, spec in Command.SPECS.items()}
+MULTILINE_FIELDS = frozenset({"reason", "description", "details", "report"})
 
 _R = V.Role
 # Which roles may issue each command at all. Handlers refine this (the project's own issuer, the
@@ -406,6 +442,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "freeze": frozenset({_R.REGULATOR, _R.COURT}),
     "unfreeze": frozenset({_R.REGULATOR, _R.COURT}),
     "cancel_units": frozenset({_R.ISSUER}),
+    "confirm_loss": frozenset({_R.ISSUER, _R.REGULATOR}),
+    "adopt_rules": frozenset({_R.OPERATOR}),
 }
 assert set(PERMISSIONS) == set(Command.SPECS), set(Command.SPECS) ^ set(PERMISSIONS)
 
@@ -427,8 +465,11 @@ def _parse_fields(data: Any, spec: dict[str, Parser], where: str) -> dict[str, A
     out: dict[str, Any] = {}
     for key, parser in spec.items():
         value = data.get(key)
-        if value is None and not getattr(parser, "optional", False):
-            raise invalid(f"{where} needs {key}", field=key)
+        if value is None:
+            if not getattr(parser, "optional", False):
+                raise invalid(f"{where} needs {key}", field=key)
+            if getattr(parser, "omitted", False):
+                continue
         out[key + getattr(parser, "suffix", "")] = parser(value, key)
     return out
 

@@ -33,6 +33,8 @@ CODES: dict[str, str] = {
     "cover_exceeded": "the claim asks for more tonnes than the policy still covers",
     "sum_insured_exceeded": "the payout is more than the policy's remaining sum insured",
     "claim_exceeded": "the approval grants more tonnes than were claimed",
+    "loss_not_confirmed": "a physical loss has not been confirmed, for that many tonnes, by the "
+    "ticket's issuer or a regulator",
     "standard_mismatch": "the ticket's standard differs from its project's",
     "standard_not_eligible": "the standard may not be used for compliance in that scheme",
     "emissions_not_recorded": "the regulator has not recorded verified emissions for that period",

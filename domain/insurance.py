@@ -144,6 +144,11 @@ class Claim(LedgerAggregate):
         self.cancelled: list = []
         self.payees: list = []
         self.reason = ""
+        # The physical loss as confirmed by the ticket's issuer or a regulator (rules edition 2
+        # approves a physical-loss claim only after this, and for at most the tonnes confirmed).
+        self.loss_confirmed_by = ""
+        self.loss_confirmed_t = 0
+        self.loss_report = ""
 
     @classmethod
     def file(cls, *, actor: str, command_id: str, claim_id: str, **fields) -> Claim:
@@ -156,6 +161,48 @@ class Claim(LedgerAggregate):
                 "claim_not_pending", f"claim {self.claim_id} is {self.status}; it cannot be {doing}",
                 claim_id=self.claim_id, status=self.status,
             )
+
+    class LossConfirmed(LedgerAggregate.Event):
+        by: str  # the ticket's issuer or a regulator
+        confirmed_t: int
+        report: str  # the survey's reference or findings
+
+        def apply(self, agg: Claim) -> None:
+            agg.loss_confirmed_by = self.by
+            agg.loss_confirmed_t = self.confirmed_t
+            agg.loss_report = self.report
+
+    def confirm_loss(self, by: str, confirmed_t: int, report: str, actor: str,
+                     command_id: str) -> None:
+        if self.loss_confirmed_by:
+            raise DomainError(
+                "already_exists", f"the loss of claim {self.claim_id} was confirmed by "
+                f"{self.loss_confirmed_by} already ({self.loss_confirmed_t} t)",
+                claim_id=self.claim_id, confirmed_by=self.loss_confirmed_by)
+        if confirmed_t > self.claimed_t:
+            raise DomainError(
+                "claim_exceeded", f"claim {self.claim_id} is for {self.claimed_t} t; the "
+                f"confirmation says {confirmed_t} t were lost", claim_id=self.claim_id,
+                claimed_t=self.claimed_t, confirmed_t=confirmed_t)
+        self._emit(self.LossConfirmed, actor, command_id, by=by, confirmed_t=confirmed_t,
+                   report=report)
+
+    def require_confirmed_loss(self, approved_t: int, confirmers: str) -> None:
+        """Rules edition 2: a physical loss is cancelled only as far as it was confirmed. (More
+        than was claimed is refused as that, by approve.)"""
+        if approved_t > self.claimed_t:
+            return
+        if not self.loss_confirmed_by:
+            raise DomainError(
+                "loss_not_confirmed", f"claim {self.claim_id} is for a {self.peril} loss: its "
+                f"tonnes are cancelled only once {confirmers} has confirmed the loss "
+                "(confirm_loss)", claim_id=self.claim_id, approved_t=approved_t)
+        if approved_t > self.loss_confirmed_t:
+            raise DomainError(
+                "loss_not_confirmed", f"{self.loss_confirmed_by} confirmed "
+                f"{self.loss_confirmed_t} t lost for claim {self.claim_id}; the approval grants "
+                f"{approved_t} t", claim_id=self.claim_id, confirmed_t=self.loss_confirmed_t,
+                approved_t=approved_t)
 
     class Approved(LedgerAggregate.Event):
         approved_t: int

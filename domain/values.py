@@ -128,9 +128,103 @@ def text(value: Any, field: str, *, required: bool = True, max_len: int = MAX_TE
         raise invalid(f"{field} must not be empty", field=field)
     if len(s) > max_len:
         raise invalid(f"{field} is {len(s)} characters long, at most {max_len} allowed", field=field)
-    if any(ord(ch) < 32 and ch not in "\n\t" for ch in s):
-        raise invalid(f"{field} contains control characters", field=field)
+    for i, ch in enumerate(s) if not s.isprintable() else ():
+        if ord(ch) < 32 and ch not in "\n\t":
+            raise invalid(f"{field} contains control character U+{ord(ch):04X} at character "
+                          f"{i + 1}: {_CONTROL}", field=field, character=f"U+{ord(ch):04X}",
+                          at=i + 1)
     return s
+
+
+# Rules edition 2: human-readable text shows what its bytes say. The lists are written out here
+# rather than read from Python's Unicode database (unicodedata), whose version follows the
+# Python release: an auditor on another Python must refuse and accept exactly the same texts.
+# (first, last, why) ranges of code points refused anywhere in a text.
+_DIRECTION = "a direction control makes the text display in another order, or otherwise than " \
+             "its characters read"
+_INVISIBLE = "an invisible character can hide or join words that a reader cannot see"
+_CONTROL = "control characters have no place in text a person reads"
+_SEPARATOR = "a line or paragraph separator breaks the text where a reader does not expect it"
+_PRIVATE = "a private-use character shows whatever a font makes of it"
+_NONCHARACTER = "a noncharacter is not text"
+_REFUSED_RANGES: tuple[tuple[int, int, str], ...] = tuple(sorted((
+    (0x0000, 0x001F, _CONTROL), (0x007F, 0x009F, _CONTROL),
+    (0x00AD, 0x00AD, _INVISIBLE),  # soft hyphen
+    (0x061C, 0x061C, _DIRECTION),  # Arabic letter mark
+    (0x0600, 0x0605, _INVISIBLE), (0x06DD, 0x06DD, _INVISIBLE), (0x070F, 0x070F, _INVISIBLE),
+    (0x115F, 0x1160, _INVISIBLE), (0x17B4, 0x17B5, _INVISIBLE), (0x180E, 0x180E, _INVISIBLE),
+    (0x200B, 0x200B, _INVISIBLE),  # zero width space
+    (0x200E, 0x200F, _DIRECTION),  # left-to-right and right-to-left marks
+    (0x2028, 0x2029, _SEPARATOR),
+    (0x202A, 0x202E, _DIRECTION),  # embeddings, pop, overrides
+    (0x2060, 0x2065, _INVISIBLE),  # word joiner, invisible operators
+    (0x2066, 0x2069, _DIRECTION),  # isolates
+    (0x206A, 0x206F, _INVISIBLE),  # deprecated format characters
+    (0x2800, 0x2800, _INVISIBLE),  # braille pattern blank
+    (0x3164, 0x3164, _INVISIBLE), (0xFFA0, 0xFFA0, _INVISIBLE),  # Hangul fillers
+    (0xE000, 0xF8FF, _PRIVATE),
+    (0xFDD0, 0xFDEF, _NONCHARACTER),
+    (0xFEFF, 0xFEFF, _INVISIBLE),  # zero width no-break space (byte order mark)
+    (0xFFF9, 0xFFFB, _INVISIBLE),  # interlinear annotation
+    (0x1D173, 0x1D17A, _INVISIBLE),  # musical format characters
+    (0xE0000, 0xE007F, _INVISIBLE),  # tags
+    (0xF0000, 0x10FFFF, _PRIVATE),  # planes 15 and 16 (their last two are noncharacters: below)
+)))
+# Characters that are allowed but show nothing by themselves: joiners, the grapheme joiner,
+# variation selectors. A text must hold at least one character outside these and white space.
+_TRANSPARENT = frozenset([0x200C, 0x200D, 0x034F, *range(0xFE00, 0xFE10),
+                          *range(0xE0100, 0xE01F0)])
+_WHITE_SPACE = frozenset([0x0009, 0x000A, 0x000B, 0x000C, 0x000D, 0x0020, 0x0085, 0x00A0,
+                          0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F,
+                          0x3000])
+MULTILINE_CONTROLS = frozenset("\n\t")  # allowed in the fields that hold several lines
+_FIRST_REFUSED = 0x7F  # below it, only C0 controls are refused: a fast path for ASCII
+
+
+def _refused(code: int) -> str | None:
+    """Why a code point is refused in human-readable text, or None."""
+    if (code & 0xFFFE) == 0xFFFE:  # U+FFFE, U+FFFF in every plane
+        return _NONCHARACTER
+    for first, last, why in _REFUSED_RANGES:
+        if first <= code <= last:
+            return why
+        if code < first:
+            break
+    return None
+
+
+def _character_name(ch: str) -> str:
+    import unicodedata  # names are for the message only: no verdict depends on them
+
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X} ({name})" if name else f"U+{ord(ch):04X}"
+
+
+def display_text(value: str, field: str, *, multiline: bool = False) -> str:
+    """Rules edition 2's check of a human-readable text: `value`, or a refusal naming the field
+    and the character (at 1-based character positions) when the text could display otherwise
+    than its characters read, or shows nothing at all. `multiline`: the field may hold line
+    breaks and tabs (a reason, a description), not only one line (a name)."""
+    visible = False
+    for i, ch in enumerate(value):
+        code = ord(ch)
+        if code < _FIRST_REFUSED and code >= 0x20:
+            visible = visible or code != 0x20
+            continue
+        why = _refused(code)
+        if why is not None and not (multiline and ch in MULTILINE_CONTROLS):
+            if ch in MULTILINE_CONTROLS:
+                why = f"{field} holds one line: line breaks and tabs belong to longer texts"
+            raise invalid(f"{field} contains {_character_name(ch)} at character {i + 1}: {why}",
+                          field=field, character=f"U+{code:04X}", at=i + 1)
+        if code not in _WHITE_SPACE and code not in _TRANSPARENT:
+            visible = True
+    if not visible:
+        if not value.strip():
+            raise invalid(f"{field} must not be empty", field=field)
+        raise invalid(f"{field} has nothing visible in it: only spaces, joiners or variation "
+                      "selectors", field=field)
+    return value
 
 
 def ticket_no(value: Any, field: str = "ticket_no") -> str:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
+from eventsourcing import domain as _library
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     IntegrityError,
@@ -37,14 +39,21 @@ from eventsourcing.persistence import (
 )
 
 from domain import commands as C
-from domain.base import LedgerAggregate
+from domain.base import LedgerAggregate, dated
 from domain.command import CommandRecord
 from domain.errors import DomainError
 from domain.genesis import Genesis
 from domain.participant import Participant
 from domain.trade import Trade
 from ledger import keys as K
-from ledger.authentication import SignatureJob, authenticate, split_signatures, verify_now
+from ledger.authentication import (
+    CONSENTED,
+    SignatureJob,
+    authenticate,
+    consent_parties,
+    split_signatures,
+    verify_now,
+)
 from ledger.checkpoints import Checkpointer
 from ledger.handlers import Handlers, UnitOfWork
 from ledger.merkle import MerkleTree
@@ -60,9 +69,11 @@ from ledger.signing import (
     sign_with_keyring,
 )
 from ledger.store import (
+    EPOCH,
     HELD,
     MOVED,
     SPENT,
+    Dating,
     SignatureSpent,
     Spent,
     db_url,
@@ -97,6 +108,19 @@ def _fork_from(state: Projection, aggregate_id: UUID) -> LedgerAggregate | None:
 # text): when the same request is decided again (after a conflict, or to confirm a refusal at
 # the head), a check that passed is not made again; the key's status is checked every time.
 Verified = set[tuple[str, bytes, bytes]]
+
+
+def _signed_until(events: list[Any]) -> int:
+    """The latest time (ns) to which these records may be dated with every signature of their
+    commands still inside its window (int(time) at most created + WINDOW_PAST_S)."""
+    limit = 1 << 80
+    for event in events:
+        if type(event) is CommandRecord.Accepted:
+            for sig in event.signatures:
+                created = parse_base(sig["base"]).params.get("created")
+                if isinstance(created, int):
+                    limit = min(limit, (created + WINDOW_PAST_S + 1) * 1_000_000_000 - 1)
+    return limit
 
 
 class _Pending:
@@ -189,6 +213,7 @@ class Registry(Application):
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._written_to: int | None = None  # the log's end after this process's last write
+        self._last_time = EPOCH  # the latest time a decision of this process to record was dated
 
     def construct_transcoder(self) -> Transcoder:
         return MsgpackTranscoder()
@@ -347,9 +372,28 @@ class Registry(Application):
         head), or DomainError for a refusal that rests on a record (`replay`,
         `duplicate_command`: records stay). `verified`: the signature checks of this request
         that passed before (see Verified); the ones that pass now are added."""
+        when = self._decision_time()
+        with dated(when):
+            decision = self._decide_at(int(when.timestamp()), command, signed, state, load,
+                                       verified)
+        if isinstance(decision, _Decision):
+            self._last_time = when
+        return decision
+
+    def _decision_time(self) -> datetime:
+        """The time a command is decided at, which its events and record are dated with: the
+        ledger's clock, but never before a decision this process made to record, nor before the
+        last record the store showed it (so the log's times never go back, though a clock may,
+        or another host's run ahead). Called with the projection lock held."""
+        when = datetime.fromtimestamp(self.clock(), _library.TZINFO)
+        return max(when, self._last_time, self.recorder.time_floor)
+
+    def _decide_at(self, now: int, command: C.Command, signed: SignedCommand, state: Projection,
+                   load: Callable[[UUID], LedgerAggregate | None], verified: Verified,
+                   ) -> dict[str, Any] | _Decision:
+        """_decide, at the decision time `now` (unix seconds)."""
         digest = command.digest()
         uow = UnitOfWork(load)
-        now = int(self.clock())
 
         def verify(job: SignatureJob) -> None:
             check = (job.public_key, job.signature, job.message)
@@ -481,13 +525,17 @@ class Registry(Application):
         take the new records as written (no read back)."""
         stored = self.to_stored(events)
         leaves = leaf_hashes(stored)
+        dating = Dating(_signed_until(events))
         try:
             positions = list(self.recorder.insert_events(stored, read_set=read_set, leaves=leaves,
                                                          decided_at=decided_at,
-                                                         signatures=signatures) or ())
+                                                         signatures=signatures,
+                                                         dated=dating) or ())
         except IntegrityError:
             self._written_to = None  # another process wrote: catch up before deciding again
             raise
+        if dating.stored is not None:  # dated after another process's later records
+            stored, leaves = dating.stored, dating.leaves
         if len(positions) != len(stored):
             raise AssertionError(f"{len(stored)} records written, {len(positions)} positions back")
         with self._projection_lock:
@@ -572,19 +620,42 @@ class Registry(Application):
         position = self.recorder.position_of(prior.id, prior.version)
         return {**prior.outcome, "position": position, "replayed": True}
 
-    def submit(self, name: str, actor: str, command_id: str, args: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, name: str, actor: str, command_id: str, args: dict[str, Any],
+               consents: Sequence[str] | None = None) -> dict[str, Any]:
         """Sign with this registry's keyring and execute (the CLI, the demo and the tests use it).
 
         Keys for participants being registered are created in the keyring when the arguments
         carry none (demo and test convenience; real participants bring their own public key).
+        `consents`: the parties that sign their consent with their keys in the keyring; by
+        default every party the command needs as the registry stands (consents_needed) whose
+        key the keyring holds.
         """
         if self.keyring is None:
             raise DomainError("unsigned", "this registry has no keyring to sign commands with")
-        signed = sign_with_keyring(self.keyring, name, actor, command_id, args, int(self.clock()))
+        if consents is None:
+            consents = [p for p in self.consents_needed(name, actor, command_id, args)
+                        if self.keyring.has(p)]
+        signed = sign_with_keyring(self.keyring, name, actor, command_id, args, int(self.clock()),
+                                   consents=consents)
         outcome = self.execute(signed)
         if name == "rotate_key" and not outcome.get("replayed"):
             self.keyring.commit_rotation(args["participant_id"])
         return outcome
+
+    def consents_needed(self, name: str, actor: str, command_id: str,
+                        args: dict[str, Any]) -> list[str]:
+        """The parties whose consent signature the command needs as the registry stands now (a
+        key rotation's, by the new key, is not among them); none for a command that does not
+        parse: its refusal comes when it is sent."""
+        if name not in CONSENTED:
+            return []
+        try:
+            command = C.make(name, actor, command_id, args)
+            with self._projection_lock:
+                state = self._decision_state()
+                return consent_parties(UnitOfWork(partial(_fork_from, state)), command)
+        except DomainError:
+            return []
 
     # Reads of current state (the projections answer everything else) ----------------------------
 

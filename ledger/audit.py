@@ -61,9 +61,9 @@ from ledger.audit_front import (
 )
 from ledger.audit_state import AuditCommitment, TicketInvariants, TreeProcess
 from ledger.authentication import SignatureJob, authenticate
-from ledger.checkpoints import COSIGNATURE_PREFIX, Checkpoint, b64
+from ledger.checkpoints import COSIGNATURE_PREFIX, Checkpoint, b64, chain_break
 from ledger.handlers import Handlers, UnitOfWork
-from ledger.records import RecordRow
+from ledger.records import RecordRow, time_text
 from ledger.transcoder import MsgpackTranscoder
 
 EXPORT_FORMAT = "carbon-ledger-export/1"
@@ -87,7 +87,31 @@ class DatabaseSource:
 
     def __init__(self, recorder: Any) -> None:
         self.recorder = recorder
-        self._size = self.recorder.max_notification_id() or 0
+        # The log's end read with its head, at one instant: the audit reads the records there
+        # are (not as many as the head says) and then holds the head against them.
+        self._head, end = self.recorder.head_and_end()
+        self._size, self._end_chain = end
+
+    def head_mismatch(self) -> Failure | None:
+        """Where the head (table ledger_head, from which the next write continues) does not
+        match the log's last record, when it does not."""
+        head = self._head
+        if head is None and self._size == 0:
+            return None
+        if head == (self._size, self._end_chain):
+            return None
+        if head is None:
+            return Failure(1, f"the log's head (table ledger_head) is missing, but the log holds "
+                           f"{self._size} records: the next write would begin the log again")
+        size, chain = head
+        where = min(size, self._size) + 1 if size != self._size else self._size
+        effect = ("every write would conflict with records the head does not count"
+                  if size < self._size else
+                  "the next write would leave a gap" if size > self._size else
+                  "the next write would break the hash chain")
+        return Failure(where, f"the log's head (table ledger_head) says {size} records ending "
+                       f"in chain {b64(chain)}, but the log's last record is at position "
+                       f"{self._size} with chain {b64(self._end_chain)}: {effect}")
 
     def size(self) -> int:
         return self._size
@@ -118,6 +142,7 @@ class DatabaseSource:
         twin.recorder = None
         twin.recipe = recipe
         twin._size = self._size
+        twin._head, twin._end_chain = self._head, self._end_chain
         return twin
 
 
@@ -479,6 +504,9 @@ class AuditReport:
     operator_key_pinned: bool = False
     failure: Failure | None = None
     notes: list[str] = field(default_factory=list)
+    # The rules editions the log was decided under, each from the position of the command that
+    # adopted it (0: edition 1, which a registry follows until it adopts another).
+    rules_editions: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def events_per_s(self) -> int:
@@ -493,7 +521,7 @@ class AuditReport:
                 "operator_key_pinned": self.operator_key_pinned,
                 "failure": None if self.failure is None else {
                     "position": self.failure.position, "what": self.failure.what},
-                "notes": self.notes}
+                "notes": self.notes, "rules_editions": self.rules_editions}
 
 
 class _Stop(Exception):
@@ -589,10 +617,12 @@ class Auditor:
         self._known = ({}, {})
         tickets = TicketInvariants()
         commitment = AuditCommitment(tickets)
-        checkpoints = source.checkpoints()
+        # (cosignatures first: a checkpoint is stored before its cosignatures, so one signed
+        # meanwhile is not taken for a deleted one)
         cosignatures: dict[int, list[tuple[str, str, bytes]]] = {}
         for size, witness, kid, sig in source.cosignatures():
             cosignatures.setdefault(size, []).append((witness, kid, sig))
+        checkpoints = source.checkpoints()
         next_cp = 0
         prev_cp: Checkpoint | None = None
         genesis: Genesis | None = None
@@ -612,6 +642,13 @@ class Auditor:
                             if genesis is None:
                                 genesis = state.get(Genesis.id_for())  # type: ignore[assignment]
                                 self._check_genesis(genesis, at, report)
+                                assert genesis is not None
+                                report.rules_editions.append({
+                                    "edition": genesis.rules_edition,
+                                    "adopted_at": at if genesis.rules_edition > 1 else 0})
+                            elif genesis.rules_edition != report.rules_editions[-1]["edition"]:
+                                report.rules_editions.append(
+                                    {"edition": genesis.rules_edition, "adopted_at": at})
                             report.commands += 1
                             # The front listed every checkpoint up to this command, in order:
                             # None for one that does not end here.
@@ -666,6 +703,12 @@ class Auditor:
             pos, what = failures[0]
             if report.failure is None or pos <= report.failure.position:
                 report.failure = Failure(pos, what)
+        head = getattr(source, "head_mismatch", None)
+        for late in (_orphan_cosignature(cosignatures, checkpoints, total),
+                     head() if head is not None else None):
+            if late is not None and (report.failure is None
+                                     or late.position < report.failure.position):
+                report.failure = late
         report.ok = report.failure is None
         if genesis is not None:
             report.origin, report.operator_key = genesis.origin, genesis.operator_key
@@ -696,6 +739,16 @@ class Auditor:
         record_pos = g.position
         cid = g.command_id
         command = g.command
+        if g.went_back is not None:
+            genesis = state.get(Genesis.id_for())
+            edition = (genesis.rules_edition if isinstance(genesis, Genesis)
+                       else command.get("rules_edition") or 1)
+            if edition >= 2:
+                at, when, before = g.went_back
+                raise _Stop(at, f"record {at} is dated {time_text(when)}, "
+                            f"{(before - when) / 1e9:.6f} s before the record before it "
+                            f"({time_text(before)}); under rules edition {edition} no record is "
+                            "dated before the one before it")
         try:
             # decided in place: the log is replayed, not trusted
             uow = UnitOfWork(state.get, self._known)
@@ -862,6 +915,9 @@ class Auditor:
                 raise proof
             if not merkle.verify_consistency(prev.size, size, proof, prev.root, cp.root):
                 raise _Stop(size, f"{where} is not consistent with the checkpoint at size {prev.size}")
+        problem = chain_break(prev, cp, where)
+        if problem is not None:
+            raise _Stop(size, problem)
         sigs.add(genesis.operator_key, signature, body, size,
                  f"{where} is not signed by the operator key")
         report.checkpoints += 1
@@ -876,6 +932,20 @@ class Auditor:
                      f"{where}: the cosignature by {witness} does not verify")
             report.cosignatures += 1
         return cp
+
+
+def _orphan_cosignature(cosignatures: dict[int, list[tuple[str, str, bytes]]],
+                        checkpoints: list[tuple[int, bytes, bytes]], total: int) -> Failure | None:
+    """A witness's cosignature of a checkpoint the log no longer has (within the log's size):
+    the latest checkpoint, which no later one names, deleted after it was witnessed."""
+    signed = {size for size, _, _ in checkpoints}
+    for size in sorted(cosignatures):
+        if size <= total and size not in signed:
+            witness = cosignatures[size][0][0]
+            return Failure(size, f"the cosignature by {witness} of the checkpoint at size {size} "
+                           "names a checkpoint the log no longer has: a witnessed checkpoint was "
+                           "deleted")
+    return None
 
 
 def audit_database(recorder: Any, operator_key: str | None = None, workers: int | None = None,

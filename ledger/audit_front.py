@@ -30,6 +30,7 @@ import pickle
 import signal
 import traceback
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from typing import Any, NamedTuple
 
@@ -42,8 +43,21 @@ from domain.errors import DomainError
 from domain.participant import Participant
 from ledger import merkle
 from ledger.authentication import Checked, check_bases, split_signatures
-from ledger.records import GENESIS_CHAIN, RecordRow, next_chain, record_bytes_of
-from ledger.signing import Signature, SignedCommand, parse_canonical
+from ledger.records import (
+    GENESIS_CHAIN,
+    RecordRow,
+    next_chain,
+    record_bytes_of,
+    state_time_ns,
+    time_text,
+)
+from ledger.signing import (
+    WINDOW_FUTURE_S,
+    WINDOW_PAST_S,
+    Signature,
+    SignedCommand,
+    parse_canonical,
+)
 from ledger.transcoder import MsgpackTranscoder
 
 CHUNK_RECORDS = 1000  # records' worth of items per message from the reader process
@@ -75,6 +89,10 @@ class Group(NamedTuple):
     outcome: Any  # the recorded outcome, encoded (bytes); or ("raw", value); or an exception
     events: list[tuple[str, int, int, bytes, Any]]  # (topic, id as an int, version, norm, key time)
     checkpoints: list[tuple[bytes, bytes | None, Any] | None]  # per checkpoint ending here
+    # The first of the command's records dated before the record before it, if one is:
+    # (its position, its time, the time before it, in ns); the replay judges it by the
+    # rules edition in force (edition 2 refuses it; registries written before it hold some).
+    went_back: tuple[int, int, int] | None = None
 
 
 class Stop(NamedTuple):
@@ -123,6 +141,7 @@ class Front:
         self.unread: set[str] = set()  # the topics of the events left unread (_unread)
         self.transcoder = MsgpackTranscoder()
         self.halted = False
+        self.last_time: int | None = None  # the time of the last record read, in ns
 
     # Records in --------------------------------------------------------------------------------
 
@@ -316,9 +335,44 @@ class Front:
                     outcome = ("raw", value)
         except Exception as e:
             outcome = e
+        went_back = self._dated(group, checked[0], cid)
         return Group(record_pos, first, cid, _attr(record_event, "name"),
                      _attr(record_event, "actor"), command, signed, actor_sig, consents, checked,
-                     now, outcome, events, self._checkpoints_at(record_pos))
+                     now, outcome, events, self._checkpoints_at(record_pos), went_back)
+
+    def _dated(self, group: list[tuple[RecordRow, Any]], created: int | None,
+               cid: str) -> tuple[int, int, int] | None:
+        """Each event of the command is dated within its actor signature's window, as the
+        registry accepts a signature against its clock (the record's own time is checked by
+        authenticate, with the signature); and the first record dated before the record before
+        it, if any (see Group.went_back)."""
+        went_back = None
+        last = self.last_time
+        record_pos = group[-1][0][0]
+        for i, (rec, ev) in enumerate(group):
+            ns = state_time_ns(rec[4])
+            if ns is None and ev is not None:
+                try:
+                    ns = _ns_of(ev.timestamp)
+                except Exception:  # judged where the event is decoded and compared
+                    ns = None
+            if ns is None:
+                continue
+            if created is not None and i < len(group) - 1:
+                seconds = ns // NS
+                if not created - WINDOW_FUTURE_S <= seconds <= created + WINDOW_PAST_S:
+                    after = seconds - created
+                    raise _Halt(Stop(rec[0], f"record {rec[0]} is dated {time_text(ns)}, "
+                                     f"{abs(after):,} s {'after' if after > 0 else 'before'} the "
+                                     f"signature of its command {cid} (created {created}); a "
+                                     f"record is dated from {WINDOW_FUTURE_S} s before to "
+                                     f"{WINDOW_PAST_S} s after its command's signature",
+                                     record_pos))
+            if went_back is None and last is not None and ns < last:
+                went_back = (rec[0], ns, last)
+            last = ns
+        self.last_time = last
+        return went_back
 
     def _checkpoints_at(self, position: int) -> list[tuple[bytes, bytes | None, Any] | None]:
         """For each checkpoint the replay checks at this command: (root, chain, the consistency
@@ -342,6 +396,16 @@ class Front:
                 out.append((self.tree.root_at(size), self.chains.pop(size, None), proof))
             self.next_cp += 1
         return out
+
+
+NS = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ns_of(when: datetime) -> int:
+    """A decoded event's time in ns since the epoch (what records.state_time_ns reads)."""
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * NS + delta.microseconds * 1000
 
 
 def _members(group: list[tuple[RecordRow, Any]]) -> None:

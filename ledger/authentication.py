@@ -12,8 +12,11 @@ from dataclasses import dataclass
 
 from domain import commands as C
 from domain.errors import DomainError
+from domain.insurance import Claim, Policy
+from domain.participant import Participant
+from domain.values import HOLDING_ROLES, PHYSICAL_PERILS, Role
 from ledger import keys as K
-from ledger.handlers import UnitOfWork
+from ledger.handlers import UnitOfWork, rules_edition
 from ledger.signing import (
     ACTOR_TAG,
     CONSENT_TAG,
@@ -126,17 +129,37 @@ def _created(sig: Signature) -> int | None:
     return created if isinstance(created, int) else None
 
 
+def consent_parties(uow: UnitOfWork, command: C.Command) -> list[str]:
+    """Who must sign a consent to this command, as the state in `uow` stands (for a client
+    that signs for several parties: the demo, the tests, `carbon-ledger submit`)."""
+    return [party for party, _ in _consenting_parties(uow, command)]
+
+
+def _party_key(party: Participant) -> Callable[[Signature], str]:
+    """The public key a registered party's consent must be signed with: an active key of its,
+    registered before the signature claims to be made."""
+    def key_of(sig: Signature) -> str:
+        public = party.active_key(sig.key_id)
+        party.check_key_time(sig.key_id, _created(sig), WINDOW_PAST_S + WINDOW_FUTURE_S)
+        return public
+
+    return key_of
+
+
+# The consents rules edition 2 adds: they depend on the state, so they are looked up then.
+_EDITION_2_CONSENTS = frozenset({"bind_policy", "approve_claim", "cancel_units"})
+# The commands that may need a consent by a registered party (a key rotation's is its new key's).
+CONSENTED = frozenset({"pledge", *_EDITION_2_CONSENTS})
+
+
 def _consenting_parties(uow: UnitOfWork, command: C.Command
                         ) -> list[tuple[str, Callable[[Signature], str]]]:
     """(party, the public key its consent must be signed with) for each consent a command needs."""
     if command.name == "pledge":
         pledgor = uow.participant(command["pledgor"])
-        def pledgor_key(sig: Signature) -> str:
-            public = pledgor.active_key(sig.key_id)
-            pledgor.check_key_time(sig.key_id, _created(sig), WINDOW_PAST_S + WINDOW_FUTURE_S)
-            return public
-
-        return [(pledgor.participant_id, pledgor_key)]
+        return [(pledgor.participant_id, _party_key(pledgor))]
+    if command.name in _EDITION_2_CONSENTS and rules_edition(uow, command) >= 2:
+        return [(p.participant_id, _party_key(p)) for p in _edition_2_parties(uow, command)]
     if command.name == "rotate_key":
         new = command["new_public_key"]
 
@@ -148,6 +171,29 @@ def _consenting_parties(uow: UnitOfWork, command: C.Command
 
         return [(command["participant_id"], new_key)]
     return []
+
+
+def _edition_2_parties(uow: UnitOfWork, command: C.Command) -> list[Participant]:
+    """Rules edition 2's consents: the insured's to a policy over its units; and the consent of
+    every court that froze an account to the cancellation of its units, by an insured physical
+    loss or by the issuer. Where the command names what does not exist (or cannot hold units),
+    none: its handler refuses it with the code for that."""
+    if command.name == "bind_policy":
+        insured = uow.find(Participant, Participant.id_for(command["insured"]))
+        return [insured] if insured is not None and insured.role in HOLDING_ROLES else []
+    if command.name == "approve_claim":
+        claim = uow.find(Claim, Claim.id_for(command["claim_id"]))
+        policy = claim and uow.find(Policy, Policy.id_for(claim.policy_id))
+        if policy is None or claim.peril not in PHYSICAL_PERILS:
+            return []
+        holder_id = policy.insured
+    else:  # cancel_units
+        holder_id = command["holder"]
+    holder = uow.find(Participant, Participant.id_for(holder_id))
+    if holder is None:
+        return []
+    return [court for court in (uow.participant(by) for by in sorted(holder.freezes))
+            if court.role == Role.COURT]
 
 
 def _check(sig: Signature, signed: SignedCommand, public: str, *, consent: bool, now: int,

@@ -3,7 +3,9 @@
 Public facts (ticket 0000001 to 常口村, 12,723 t; 2,723 t to 福建通海镍业 at ¥15; 10,000 t to
 金森碳汇 at ¥10; 金森碳汇's 18,294 t pledge to 兴业银行三明分行 for ¥5M; 将乐's 523 t judicial
 restoration) plus illustrative figures. Each step is a plain command, so the same story can be
-posted over HTTP or loaded in-process.
+posted over HTTP or loaded in-process. The registry follows the latest rules edition: the
+policy is bound with the insured's consent, and the forestry bureau confirms the fire's loss
+before the insurer approves the claim.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from domain.genesis import LATEST_EDITION
 
 # Where ops/demo builds its registry: var/demo/ in the checkout, or this folder when set.
 DEMO_DIR_ENV = "CARBON_LEDGER_DEMO_DIR"
@@ -51,7 +55,8 @@ Step = tuple[str, str, str, dict[str, Any]]  # (command, actor, command_id, args
 def story() -> Iterator[Step]:
     """Every command of the demo, in order. The last one is refused with cap_exceeded."""
     op_id, op_name = OPERATOR
-    yield "initialise", op_id, "demo-init", {"origin": ORIGIN, "operator_id": op_id, "name": op_name}
+    yield "initialise", op_id, "demo-init", {"origin": ORIGIN, "operator_id": op_id, "name": op_name,
+                                             "rules_edition": LATEST_EDITION}
     for pid, role, name in PARTICIPANTS:
         yield "register_participant", op_id, f"demo-register-{pid}", {
             "participant_id": pid, "name": name, "role": role}
@@ -104,6 +109,11 @@ def story() -> Iterator[Step]:
         "claim_id": "CLM-2022-001", "policy_id": "POL-2021-001", "peril": "fire",
         "loss_date": "2022-03-14", "claimed_t": 500,
         "description": "山火烧毁约 40 亩林地 (fire destroyed about 40 mu)"}
+    # The forestry bureau that issued the ticket surveys the burned stand and confirms the loss.
+    yield "confirm_loss", issuer, "claim/CLM-2022-001/confirm", {
+        "claim_id": "CLM-2022-001", "confirmed_t": 500,
+        "report": "三明市林业局火灾核查：过火面积约 40 亩，损失 500 t (fire survey: about 40 mu "
+                  "burned, 500 t lost)"}
     yield "approve_claim", "picc-fujian", "claim/CLM-2022-001/approve", {
         "claim_id": "CLM-2022-001", "approved_t": 500, "payout": "5000.00"}
     yield "retire", "jiangle-defendant", "retirement/RT-2021-001", {
@@ -129,6 +139,10 @@ def story() -> Iterator[Step]:
 
 
 EXPECTED_REFUSALS = {"retirement/RT-2022-002": "cap_exceeded"}
+# The parties that sign their consent to a step, beside its actor (a client posting the story
+# over HTTP signs with their keys too; Registry.submit finds them by itself).
+CONSENTS: dict[str, tuple[str, ...]] = {"pledge/PL-2021-001": ("jinsen-carbon",),
+                                        "policy/POL-2021-001": ("jinsen-carbon",)}
 
 
 def load(app: Any) -> int:

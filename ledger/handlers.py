@@ -25,7 +25,16 @@ from domain.project import Project
 from domain.retirement import Retirement
 from domain.ticket import AVAILABLE, PLEDGED, Ticket
 from domain.trade import Trade
-from domain.values import HOLDING_ROLES, PHYSICAL_PERILS, Purpose, Role, a, format_serial, yuan
+from domain.values import (
+    HOLDING_ROLES,
+    PHYSICAL_PERILS,
+    Purpose,
+    Role,
+    a,
+    display_text,
+    format_serial,
+    yuan,
+)
 from ledger import keys as K
 
 A = TypeVar("A", bound=LedgerAggregate)
@@ -141,11 +150,35 @@ class UnitOfWork:
             raise DomainError("already_exists", f"{what} is already recorded")
 
 
+def rules_edition(uow: UnitOfWork, cmd: C.Command) -> int:
+    """The rules edition in force for this command: the genesis's, as the command found it (so
+    it is in the command's read set: an adoption committed meanwhile makes it decided again);
+    for the genesis command itself, the edition it founds the registry with."""
+    genesis = uow.find(Genesis, Genesis.id_for())
+    if genesis is not None:
+        return genesis.rules_edition
+    return (cmd.get("rules_edition") or 1) if cmd.name == "initialise" else 1
+
+
+def check_texts(uow: UnitOfWork, cmd: C.Command) -> None:
+    """Rules edition 2: every human-readable text of the command displays as it reads."""
+    if rules_edition(uow, cmd) >= 2:
+        for name in C.TEXT_FIELDS[cmd.name]:
+            value = cmd.fields.get(name)
+            if value:  # (an optional text left out is "")
+                display_text(value, name, multiline=name in C.MULTILINE_FIELDS)
+
+
 class Handlers:
     """One method per command name: decide with a unit of work, return the outcome."""
 
     def table(self) -> dict[str, Callable[[UnitOfWork, C.Command], dict[str, Any]]]:
-        return {name: getattr(self, f"_{name}") for name in C.COMMAND_NAMES}
+        out = {}
+        for name in C.COMMAND_NAMES:
+            handler = getattr(self, f"_{name}")
+            # (commands without text, the trades among them, do not look the edition up)
+            out[name] = _with_text_check(handler) if C.TEXT_FIELDS[name] else handler
+        return out
 
     # Handlers: decide, trigger events, return the outcome ----------------------------------------
 
@@ -154,12 +187,33 @@ class Handlers:
             raise DomainError("not_authorized", "the registry is initialised by its own operator")
         uow.absent(Genesis, Genesis.id_for(), "the registry's genesis")
         public = self._valid_public_key(cmd["public_key"])
-        uow.add(Genesis.create(actor=cmd.actor, command_id=cmd.command_id, origin=cmd["origin"],
-                               operator_id=cmd["operator_id"], operator_key=public))
+        genesis = Genesis.create(actor=cmd.actor, command_id=cmd.command_id, origin=cmd["origin"],
+                                 operator_id=cmd["operator_id"], operator_key=public)
+        uow.add(genesis)
+        edition = cmd.get("rules_edition")
+        if edition is not None and edition > 1:
+            genesis.adopt(edition, cmd.actor, cmd.command_id)
         uow.add(Participant.register(cmd["operator_id"], cmd["name"], Role.OPERATOR.value, public,
                                      K.key_id(public), cmd.actor, cmd.command_id))
-        return {"origin": cmd["origin"], "operator_id": cmd["operator_id"], "operator_key": public,
-                "key_id": K.key_id(public)}
+        outcome = {"origin": cmd["origin"], "operator_id": cmd["operator_id"],
+                   "operator_key": public, "key_id": K.key_id(public)}
+        if edition is not None:  # (a genesis written before editions has none in its outcome)
+            outcome["rules_edition"] = edition
+        return outcome
+
+    def _adopt_rules(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
+        genesis = uow.get(Genesis, Genesis.id_for(), lambda: DomainError(
+            "unknown_participant", "the registry is not initialised"))
+        if cmd.actor != genesis.operator_id:
+            raise DomainError("not_authorized", f"only the registry's operator {genesis.operator_id} "
+                              "adopts a rules edition")
+        current, edition = genesis.rules_edition, cmd["edition"]
+        if edition <= current:
+            raise DomainError("invalid_argument", f"the registry follows rules edition {current}; "
+                              f"edition {edition} is not newer, and an edition once adopted is not "
+                              "left", field="edition", current=current, edition=edition)
+        genesis.adopt(edition, cmd.actor, cmd.command_id)
+        return {"edition": edition, "previous_edition": current}
 
     def _register_participant(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
         pid = cmd["participant_id"]
@@ -389,7 +443,15 @@ class Handlers:
 
     def _file_claim(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
         policy = uow.policy(cmd["policy_id"])
-        if cmd.actor not in (policy.insured, policy.insurer, policy.loss_payee):
+        if rules_edition(uow, cmd) >= 2:
+            # The insured, or its loss payee, says it lost something: the insurer that pays
+            # cannot be the one who claims the loss.
+            if cmd.actor not in (policy.insured, policy.loss_payee):
+                payee = f" or its loss payee {policy.loss_payee}" if policy.loss_payee else ""
+                raise DomainError("not_authorized", f"only the insured {policy.insured}{payee} may "
+                                  f"file a claim on policy {policy.policy_id}; its insurer "
+                                  f"{policy.insurer} decides claims, it does not file them")
+        elif cmd.actor not in (policy.insured, policy.insurer, policy.loss_payee):
             raise DomainError("not_authorized", f"only the insured {policy.insured}, its insurer or "
                               f"its loss payee may file a claim on policy {policy.policy_id}")
         policy.check_claim(cmd["peril"], cmd["loss_date"])
@@ -410,6 +472,8 @@ class Handlers:
         claim.require_pending("approved")
         approved, payout = cmd["approved_t"], cmd["payout_fen"]
         physical = claim.peril in PHYSICAL_PERILS
+        if physical and rules_edition(uow, cmd) >= 2:
+            claim.require_confirmed_loss(approved, self._confirmers(uow, policy))
         policy.check_settlement(approved, payout, physical)
         # The insured units still alive within the policy's cover, lowest serials first.
         affected: list[tuple[Ticket, B.Block]] = []
@@ -468,6 +532,35 @@ class Handlers:
             "payees": [{"party": p, "amount": yuan(a), "basis": b} for p, a, b in payees],
             "impaired_pledges": sorted({pid for _t, pid, _r in cancelled if pid}),
         }
+
+    def _confirm_loss(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
+        claim = uow.claim(cmd["claim_id"])
+        policy = uow.policy(claim.policy_id)
+        actor = uow.participant(cmd.actor)
+        if actor.role == Role.ISSUER:
+            others = sorted({uow.ticket(t).issuer for t, _ in policy.lines} - {cmd.actor})
+            if others:
+                raise DomainError("not_authorized", f"policy {policy.policy_id} covers tickets "
+                                  f"issued by {', '.join(others)}; only {self._confirmers(uow, policy)} "
+                                  f"confirms the loss of claim {claim.claim_id}",
+                                  claim_id=claim.claim_id)
+        claim.require_pending("confirmed")
+        if claim.peril not in PHYSICAL_PERILS:
+            raise DomainError("invalid_argument", f"claim {claim.claim_id} is for {claim.peril}: "
+                              "it cancels no tonnes, and there is no physical loss to confirm",
+                              field="claim_id", peril=claim.peril)
+        claim.confirm_loss(cmd.actor, cmd["confirmed_t"], cmd["report"], cmd.actor, cmd.command_id)
+        return {"claim_id": claim.claim_id, "policy_id": policy.policy_id,
+                "confirmed_t": cmd["confirmed_t"], "confirmed_by": cmd.actor,
+                "claimed_t": claim.claimed_t}
+
+    @staticmethod
+    def _confirmers(uow: UnitOfWork, policy: Policy) -> str:
+        """Who may confirm a loss under the policy, in words: its tickets' issuer, or a
+        regulator."""
+        issuers = sorted({uow.ticket(t).issuer for t, _ in policy.lines})
+        return (f"the tickets' issuer {issuers[0]} or a regulator" if len(issuers) == 1
+                else "a regulator")
 
     def _reject_claim(self, uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
         claim = uow.claim(cmd["claim_id"])
@@ -617,3 +710,13 @@ class Handlers:
     def _lines_out(self, uow: UnitOfWork, lines: list) -> list[dict[str, Any]]:
         return [{"ticket_no": t, "quantity_t": B.size(rs), "serials": self._serials(uow.ticket(t), rs)}
                 for t, rs in lines]
+
+
+def _with_text_check(handler: Callable[[UnitOfWork, C.Command], dict[str, Any]]
+                     ) -> Callable[[UnitOfWork, C.Command], dict[str, Any]]:
+    def decide(uow: UnitOfWork, cmd: C.Command) -> dict[str, Any]:
+        check_texts(uow, cmd)
+        return handler(uow, cmd)
+
+    decide.__name__ = decide.__qualname__ = handler.__name__
+    return decide

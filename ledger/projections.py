@@ -377,7 +377,9 @@ class Projection:
                 "payees": [{"party": p, "amount": yuan(a), "basis": b} for p, a, b in c.payees],
                 "cancelled": [{"ticket_no": t, "pledge_id": pid, "quantity_t": B.size(rs)}
                               for t, pid, rs in c.cancelled],
-                "reason": c.reason}
+                "reason": c.reason,
+                "loss_confirmation": {"by": c.loss_confirmed_by, "confirmed_t": c.loss_confirmed_t,
+                                      "report": c.loss_report} if c.loss_confirmed_by else None}
 
     def policies_view(self) -> list[dict[str, Any]]:
         return [self.policy(pid) for pid in sorted(self.policies)]

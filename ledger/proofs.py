@@ -20,6 +20,7 @@ from ledger.checkpoints import (
     Checkpoint,
     b64,
     checkpoint_json,
+    previous_json,
     unb64,
     verify_checkpoint,
     verify_cosignature,
@@ -109,6 +110,13 @@ def _verify(data: dict[str, Any], operator_key: str) -> dict[str, Any]:
     cp = verify_checkpoint(body, unb64(cpj["signature"]), operator_key)
     claimed = (cpj["origin"], cpj["size"], cpj["root"], cpj["chain"], cpj["state_root"], cpj["time"])
     actual = (cp.origin, cp.size, b64(cp.root), b64(cp.chain), b64(cp.state_root), cp.time)
+    # (the name of the checkpoint before: there exactly when the body carries it, as a body
+    # signed before the chain does not)
+    if cp.previous is not None:
+        claimed += (cpj.get("previous", "absent"),)
+        actual += (previous_json(cp.previous),)
+    elif "previous" in cpj:
+        claimed += (cpj["previous"],)
     if claimed != actual:
         raise ProofError("the checkpoint's fields differ from its signed body")
     leaves: dict[str, dict[str, Any]] = {}

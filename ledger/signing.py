@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -304,8 +305,13 @@ def check_base(sig: Signature, *, body: bytes, method: str, path: str, consent: 
 
 
 def sign_with_keyring(keyring: K.Keyring, name: str, actor: str, command_id: str,
-                      args: dict[str, Any], created: int) -> SignedCommand:
-    """Build and sign a command the way a client holding these keys would (demo and tests)."""
+                      args: dict[str, Any], created: int,
+                      consents: Iterable[str] | None = None) -> SignedCommand:
+    """Build and sign a command the way a client holding these keys would (demo and tests).
+
+    `consents`: the parties whose keys sign their consent to the body; by default a pledge's
+    pledgor, when the keyring holds its key. (A key rotation is countersigned by its new key
+    either way.)"""
     args = dict(args)
     if name in ("register_participant", "initialise") and "public_key" not in args:
         pid = args.get("participant_id") or args.get("operator_id")
@@ -318,9 +324,11 @@ def sign_with_keyring(keyring: K.Keyring, name: str, actor: str, command_id: str
     body = canonical_json({"command": name, "actor": actor, "command_id": command_id, "args": args})
     sigs = [sign(keyring.get_or_create(actor) if name == "initialise" else keyring.get(actor),
                  actor, body, created=created)]
-    if name == "pledge" and isinstance(args.get("pledgor"), str) and keyring.has(args["pledgor"]):
-        sigs.append(sign(keyring.get(args["pledgor"]), args["pledgor"], body, created=created,
-                         consent=True))
+    if consents is None:
+        pledgor = args.get("pledgor") if name == "pledge" else None
+        consents = [pledgor] if isinstance(pledgor, str) and keyring.has(pledgor) else []
+    for party in dict.fromkeys(consents):
+        sigs.append(sign(keyring.get(party), party, body, created=created, consent=True))
     if new_key is not None:
         sigs.append(sign(new_key, args["participant_id"], body, created=created, consent=True))
     return SignedCommand(body=body, signatures=tuple(sigs))

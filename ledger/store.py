@@ -27,6 +27,7 @@ failed insert leaves no gap.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import sqlite3
@@ -36,6 +37,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -52,7 +54,17 @@ from domain.base import uuid_of_int
 from domain.errors import DomainError
 from ledger import merkle
 from ledger.demo import demo_registry_path
-from ledger.records import GENESIS_CHAIN, Record, next_chain, record_bytes, record_bytes_of
+from ledger.records import (
+    GENESIS_CHAIN,
+    TIME_PREFIX_BYTES,
+    Record,
+    next_chain,
+    record_bytes,
+    record_bytes_of,
+    state_time_ns,
+    time_text,
+    with_time_ns,
+)
 
 DEFAULT_DB = "sqlite:///var/registry.db"
 ENV_DB = "CARBON_LEDGER_DB"
@@ -102,6 +114,37 @@ class Spent:
 
     def row(self) -> tuple[bytes, int, str, str, str]:
         return (self.signature, self.created, self.key_id, self.command_id, self.code)
+
+
+class TimeBehind(IntegrityError):
+    """The records to write are dated before the log's last one by more than Dating allows:
+    they are decided again, dated after it."""
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NS = 1_000_000_000
+
+
+class Dating:
+    """How the store may date the records it writes (see LedgerTables._date_after): after the
+    log's last record, when another process wrote records dated later since these were decided,
+    as long as that moves them by at most MAX_SHIFT_NS and to no later than `limit_ns` (where
+    a signature of theirs would leave its window). The records as written, and their leaf
+    hashes, are left here for the writer (None when they were written as given)."""
+
+    # Within this shift, a decision stands as it was made: the signature windows are checked
+    # against `limit_ns`, and a key registered in the batch and used later in it stays valid
+    # (the key check's slack, 360 s, exceeds a signature's 300 s window by more than this).
+    MAX_SHIFT_NS = 30 * _NS
+
+    def __init__(self, limit_ns: int) -> None:
+        self.limit_ns = limit_ns
+        self.stored: list[StoredEvent] | None = None
+        self.leaves: list[bytes] | None = None
+
+
+def _short(chain: bytes) -> str:
+    return base64.b64encode(chain).decode("ascii")[:12] + "…"
 
 
 def db_url(url: str | None = None) -> str:
@@ -406,6 +449,70 @@ class LedgerTables:
                   "LIMIT 1", list(signatures))
         return c.fetchone() is not None
 
+    # The first bytes of a record's state, which hold its time (records.state_time_ns).
+    STATE_PREFIX = f"substr(CAST(state AS BLOB), 1, {TIME_PREFIX_BYTES})"
+
+    def _end_sql(self) -> str:
+        """The log's last record: its position, chain value and the first bytes of its state."""
+        return (f"SELECT {self.POS} AS end_position, chain AS end_chain, {self.STATE_PREFIX} AS "
+                f"end_head FROM {self._t(self.events_table_name)} ORDER BY {self.POS} DESC LIMIT 1")
+
+    # The latest record time this recorder has seen in the log, under the write lock: the
+    # application dates its next decisions no earlier (see Registry._decision_time).
+    time_floor: datetime = EPOCH
+
+    def _check_end(self, size: int, chain: bytes, end: Any, dated: bool) -> int | None:
+        """Under the write lock, before anything is written: the head (size, chain) must be the
+        log's last record (`end`, a row of _end_sql, or None for an empty log), else the write
+        is refused (log_inconsistent) rather than made to conflict forever or to break the
+        chain. With `dated`: the last record's time in ns (None when there is none), which the
+        floor of this process's next decisions then is."""
+        if end is None or end["end_position"] is None:
+            end_position, end_chain, end_head = 0, GENESIS_CHAIN, b""
+        else:
+            end_position, end_chain = end["end_position"], bytes(end["end_chain"] or b"")
+            end_head = bytes(end["end_head"] or b"")
+        if end_position != size or end_chain != chain:
+            raise DomainError(
+                "log_inconsistent", f"the log's head (table ledger_head) says {size} records "
+                f"ending in chain {_short(chain)}, but the log's last record is at position "
+                f"{end_position} with chain {_short(end_chain)}: one of them was changed outside "
+                "the registry. Nothing was written; do not retry, run carbon-ledger verify",
+                head_size=size, log_size=end_position)
+        last = state_time_ns(end_head) if dated and end_position else None
+        if last is not None:
+            floor = EPOCH + timedelta(microseconds=last // 1000)
+            if floor > self.time_floor:
+                self.time_floor = floor
+        return last
+
+    @staticmethod
+    def _date_after(stored_events: Sequence[StoredEvent], leaves: Sequence[bytes] | None,
+                    last: int | None, dating: Dating | None,
+                    ) -> tuple[Sequence[StoredEvent], Sequence[bytes] | None]:
+        """The records, dated no earlier than the log's last record (`last`, in ns): as they
+        are when they are, else moved to it as `dating` allows, else TimeBehind. A batch is
+        dated in order already, so only its first records move."""
+        if dating is None or last is None or not stored_events:
+            return stored_events, leaves
+        first = state_time_ns(stored_events[0].state)
+        if first is None or first >= last:
+            return stored_events, leaves
+        if last - first > dating.MAX_SHIFT_NS or last > dating.limit_ns:
+            raise TimeBehind(f"the records are dated {time_text(first)}, before the log's last "
+                             f"record ({time_text(last)}), by more than they may be moved")
+        moved = []
+        for s in stored_events:
+            when = state_time_ns(s.state)
+            state = s.state if when is not None and when >= last else with_time_ns(s.state, last)
+            if state is None:
+                raise TimeBehind("a record's time is laid out otherwise than the transcoder's")
+            moved.append(s if state is s.state else StoredEvent(
+                originator_id=s.originator_id, originator_version=s.originator_version,
+                topic=s.topic, state=state))
+        dating.stored, dating.leaves = moved, leaf_hashes(moved)
+        return dating.stored, dating.leaves
+
     @contextmanager
     def _reading(self, tuples: bool = False) -> Iterator[Any]:
         """A cursor for reads (the library's transaction, for SQLite); its rows are tuples
@@ -417,19 +524,22 @@ class LedgerTables:
 
     def _append(self, c: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
                 leaves: Sequence[bytes] | None = None, decided_at: int | None = None,
-                signatures: Sequence[bytes] = ()) -> list[int]:
+                signatures: Sequence[bytes] = (), dated: Dating | None = None) -> list[int]:
         """Insert the records after the chain head, under the store's write lock, once every
         version in `read_set` is still the latest (checked before anything is inserted, so that
         a group of commands may read what a later command of the same group changes) and none
         of the commands' actor `signatures` is spent (SignatureSpent).
 
         `decided_at` is the log size the versions were read at: if the log is still that size,
-        nothing can have moved and the check is skipped."""
+        nothing can have moved and the check is skipped. `dated`: see Dating."""
         P, head = self.P, self._t("ledger_head")
         row = self._lock_and_read_head(c, signatures=signatures)
         if signatures and self._any_spent(c, signatures, row):
             raise SignatureSpent("a signature of this write was spent by an earlier refusal")
         size, chain = self._head_from(c, row)
+        c.execute(self._end_sql())
+        last = self._check_end(size, chain, c.fetchone(), dated is not None)
+        stored_events, leaves = self._date_after(stored_events, leaves, last, dated)
         if read_set and size != decided_at:  # one query for every aggregate only read
             self._check_read_set(read_set, self._versions(c, [a for a, _ in read_set]))
         rows, ids, size, chain = self._chained_rows(stored_events, size, chain, leaves)
@@ -441,7 +551,7 @@ class LedgerTables:
 
     def _head_from(self, c: Any, row: Any) -> tuple[int, bytes]:
         """(size, chain) of the head row read under the lock; the empty log's, created, if none."""
-        if row is not None:
+        if row is not None and row["size"] is not None:
             return row["size"], bytes(row["chain"])
         c.execute(f"INSERT INTO {self._t('ledger_head')} (id, size, chain) VALUES (1, 0, {self.P})",
                   (GENESIS_CHAIN,))
@@ -604,6 +714,24 @@ class LedgerTables:
             c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
             row = c.fetchone()
         return (row["size"], bytes(row["chain"])) if row else (0, GENESIS_CHAIN)
+
+    def head_and_end(self) -> tuple[tuple[int, bytes] | None, tuple[int, bytes]]:
+        """Read at one instant: the head's (size, chain), None when it has no row; and the log's
+        last record's (position, chain), (0, GENESIS_CHAIN) for an empty log."""
+        with self._reading() as c:
+            c.execute(self._head_and_end_sql())
+            row = c.fetchone()
+        head = None if row["size"] is None else (row["size"], bytes(row["chain"]))
+        end = ((0, GENESIS_CHAIN) if row["end_position"] is None
+               else (row["end_position"], bytes(row["end_chain"] or b"")))
+        return head, end
+
+    def _head_and_end_sql(self) -> str:
+        """The head's row and the log's last record (_end_sql) in one row, both always there
+        (their columns null for a head not yet made, or an empty log)."""
+        return (f"SELECT h.size, h.chain, e.end_position, e.end_chain, e.end_head FROM "
+                f"(SELECT 1) AS one LEFT JOIN {self._t('ledger_head')} AS h ON h.id = 1 "
+                f"LEFT JOIN ({self._end_sql()}) AS e ON 1 = 1")
 
     # Checkpoints ------------------------------------------------------------------------------
 
@@ -834,7 +962,8 @@ class LedgerSQLiteRecorder(LedgerTables, SQLiteApplicationRecorder):
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
         return self._append(c, stored_events, kwargs.get("read_set") or (), kwargs.get("leaves"),
-                            kwargs.get("decided_at"), kwargs.get("signatures") or ())
+                            kwargs.get("decided_at"), kwargs.get("signatures") or (),
+                            kwargs.get("dated"))
 
 
 class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
@@ -926,7 +1055,8 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
                 ids = self._append_fused(conn, stored_events, read_set, kwargs.get("leaves"),
                                          begun=held is not None,
                                          decided_at=kwargs.get("decided_at"),
-                                         signatures=kwargs.get("signatures") or ())
+                                         signatures=kwargs.get("signatures") or (),
+                                         dated=kwargs.get("dated"))
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -935,21 +1065,24 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
 
     def _append_fused(self, conn: Any, stored_events: Sequence[StoredEvent], read_set: ReadSet,
                       leaves: Sequence[bytes] | None, begun: bool = False,
-                      decided_at: int | None = None, signatures: Sequence[bytes] = ()) -> list[int]:
+                      decided_at: int | None = None, signatures: Sequence[bytes] = (),
+                      dated: Dating | None = None) -> list[int]:
         if len(stored_events) > self.FUSED_ROWS:
             if not begun:
                 conn.execute("BEGIN")
             return self._append(conn.cursor(row_factory=dict_row), stored_events, read_set,
-                                leaves, decided_at, signatures)
+                                leaves, decided_at, signatures, dated)
         c = conn.cursor(row_factory=dict_row)
         if begun:  # the lock is held already
-            c.execute(f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1")
+            c.execute(self._head_and_end_sql())
         else:
             c.execute(self._begin_sql(conn))
             while c.nextset():
                 pass
         row = c.fetchone()
         size, chain = self._head_from(c, row)
+        last = self._check_end(size, chain, row, dated is not None)
+        stored_events, leaves = self._date_after(stored_events, leaves, last, dated)
         if size == decided_at:  # nothing written since the decision: no version can have moved
             read_set = ()
         rows, ids, size, chain = self._chained_rows(stored_events, size, chain, leaves)
@@ -1023,9 +1156,11 @@ class LedgerPostgresRecorder(LedgerTables, PostgresApplicationRecorder):
         if self._begin is None:
             parts = ["BEGIN", *(st.as_string(conn) for st in self.lock_table_statements),
                      SQL("NOTIFY {0}").format(Identifier(self.channel_name)).as_string(conn),
-                     f"SELECT size, chain FROM {self._t('ledger_head')} WHERE id = 1"]
+                     self._head_and_end_sql()]
             self._begin = "; ".join(parts)
         return self._begin
+
+    STATE_PREFIX = f"substring(state from 1 for {TIME_PREFIX_BYTES})"
 
     def max_notification_id(self) -> int | None:
         return self.head()[0]

@@ -157,9 +157,11 @@ def test_aggregates_replayed_from_every_event_equal_the_librarys(tmp_path: Path)
                 later += 1
                 ours[oid] = event.mutate(ours[oid])
                 theirs[oid] = CanMutateAggregate.mutate(event, theirs[oid])
+                # (another aggregate, once there is one: the genesis's second event, its rules
+                # edition, comes before any other aggregate)
+                others = [a for k, a in ours.items() if k != oid][:1]
                 for wrong, error in ((ours[oid], OriginatorVersionError),
-                                     (next(a for k, a in ours.items() if k != oid),
-                                      OriginatorIDError)):
+                                     *((a, OriginatorIDError) for a in others)):
                     with pytest.raises(error):
                         event.mutate(wrong)
             assert list(vars(ours[oid]).items()) == list(vars(theirs[oid]).items())

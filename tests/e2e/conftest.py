@@ -218,8 +218,8 @@ def post_demo(world: DemoWorld) -> None:
             path = ("POST", "/v1/commands")
         elif name == "register_participant":
             args["public_key"] = public_text(world.keyring.create(args["participant_id"]))
-        elif name == "pledge":
-            consents = [world.keyring.get(args["pledgor"])]
+        if command_id in demo.CONSENTS:
+            consents = [world.keyring.get(party) for party in demo.CONSENTS[command_id]]
         try:
             world.outcomes[command_id] = world.client(actor).command(
                 name, args, command_id, consents=consents, path=path)

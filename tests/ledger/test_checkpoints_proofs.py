@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from domain.command import CommandRecord
 from domain.errors import DomainError
 from ledger import demo
 from ledger import keys as K
@@ -129,7 +130,8 @@ def test_a_checkpoint_every_second_while_writes_happen(tmp_path: Path,
                 last = fake_time.now
             fake_time.now += 0.3
         assert checkpoint_sizes(app) == expected
-        assert len(expected) > 5 and expected[0] == 3
+        assert len(expected) > 5 and expected[0] == app.recorder.position_of(
+            CommandRecord.id_for("demo-init"), 1)  # the genesis
         assert all(b - a < INTERVAL_EVENTS for a, b in zip(expected, expected[1:], strict=False))
         report = audit_database(app.recorder, workers=1)
         assert report.ok and report.checkpoints == len(expected)
@@ -232,7 +234,10 @@ def test_checkpoint_parses_only_in_canonical_form(app: Registry) -> None:
         "unpadded root": text.replace(root, root.rstrip("=")),
         "swapped lines": text.replace(f"size {cp.size}\n", "").replace(
             f"time {cp.time}\n", f"time {cp.time}\nsize {cp.size}\n"),
-        "other header": text.replace("checkpoint v1", "checkpoint v2"),
+        "other header": text.replace("checkpoint v2", "checkpoint v3"),
+        "the old header over the chained body": text.replace("checkpoint v2", "checkpoint v1"),
+        "the chained header without its previous line": text.replace("previous none\n", ""),
+        "a previous of size 0": text.replace("previous none", "previous 0 " + root),
         "upper-case key": text.replace("origin ", "Origin "),
         "non-canonical base64 root": text.replace(root, root[:42] + _B64_ALPHABET[
             _B64_ALPHABET.index(root[42]) ^ 1] + "="),

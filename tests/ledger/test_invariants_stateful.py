@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 
 from domain.errors import DomainError
 from ledger.application import Registry
+from ledger.audit import audit_database
 from ledger.keys import Keyring
 
 # The world -----------------------------------------------------------------------------------
@@ -130,6 +131,8 @@ def check_moves(changes: dict[Unit, tuple[UnitState | None, UnitState]], allowed
 
 
 class RegistryMachine(RuleBasedStateMachine):
+    RULES_EDITION = 1  # the edition the registry is founded with (see RegistryMachine2)
+
     def __init__(self) -> None:
         super().__init__()
         self.app = Registry("sqlite:///:memory:", keyring=Keyring())
@@ -298,7 +301,9 @@ class RegistryMachine(RuleBasedStateMachine):
     def world(self, data) -> None:
         steps: list[tuple[str, str, dict[str, Any]]] = [
             ("initialise", OPERATOR, {"origin": "test/stateful", "operator_id": OPERATOR,
-                                      "name": "Test registry"})]
+                                      "name": "Test registry",
+                                      **({"rules_edition": self.RULES_EDITION}
+                                         if self.RULES_EDITION > 1 else {})})]
         steps += [("register_participant", OPERATOR, {"participant_id": p, "name": f"{r} {p}",
                                                       "role": r}) for p, r in ROLES.items()]
         steps += [("register_project", ISSUER, {"project_id": pid, "name": f"forest {pid}",
@@ -516,7 +521,9 @@ class RegistryMachine(RuleBasedStateMachine):
     def _file_claim(self, data) -> None:
         pid = self._choose(data, sorted(self.policies), ("POL-0",), "policy", 12)
         pol = self.policies.get(pid)
-        parties = [pol["insured"], pol["insurer"], pol["loss_payee"] or pol["insured"]] if pol else []
+        parties = [pol["insured"], pol["loss_payee"] or pol["insured"]] if pol else []
+        if pol and self.RULES_EDITION == 1:  # (edition 2: the insurer decides claims, not files them)
+            parties.append(pol["insurer"])
         actor = self._actor(data, *parties) if parties else self._actor(data, INSURER)
         peril = self._choose(data, sorted(pol["perils"]) if pol else [], PERILS, "peril", 5)
         loss_date = self._choose(data, LOSS_DATES[1:4], LOSS_DATES, "loss date", 4)
@@ -529,11 +536,19 @@ class RegistryMachine(RuleBasedStateMachine):
         if out:
             assert pol is not None and actor in parties and cid not in self.claims
             assert peril in pol["perils"] and POLICY_START <= loss_date <= POLICY_END
-            self.claims[cid] = {"policy": pid, "peril": peril, "claimed": claimed, "status": "pending"}
+            self.claims[cid] = {"policy": pid, "peril": peril, "claimed": claimed, "status": "pending",
+                                "confirmed": None}
             assert not self.changes
 
-    def _pick_claim(self, data):
+    def _pick_claim(self, data, unconfirmed_loss: bool = False):
+        """A pending claim, mostly (edition 2: mostly a confirmed one, or with `unconfirmed_loss`
+        a physical one not confirmed yet, when there is one)."""
         pending = sorted(c for c, m in self.claims.items() if m["status"] == "pending")
+        if self.RULES_EDITION >= 2:
+            wanted = [c for c in pending if (self.claims[c]["peril"] in PHYSICAL
+                                             and self.claims[c]["confirmed"] is None)
+                      == unconfirmed_loss]
+            pending = wanted or pending
         cid = self._choose(data, pending, (*sorted(self.claims), "CL-0"), "claim", 5)
         claim = self.claims.get(cid)
         pol = self.policies[claim["policy"]] if claim else None
@@ -542,15 +557,33 @@ class RegistryMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def insurance(self, data) -> None:
         pending = any(c["status"] == "pending" for c in self.claims.values())
-        what = data.draw(st.integers(0, 6), label="bind (0), file (1-2), approve (3-5), reject (6)")
+        what = data.draw(st.integers(0, 7), label="bind (0), file (1-2), approve (3-5), reject (6), "
+                         "confirm (7)")
         if not self.policies or what == 0:
             self._bind_policy(data)
         elif not pending or what <= 2:
             self._file_claim(data)
+        elif self.RULES_EDITION >= 2 and what in (3, 7):  # a loss is confirmed before its approval
+            self._confirm_loss(data)
         elif what <= 5:
             self._approve_claim(data)
         else:
             self._reject_claim(data)
+
+    def _confirm_loss(self, data) -> None:
+        """Rules edition 2: the tickets' issuer or a regulator confirms a physical loss."""
+        cid, claim, pol = self._pick_claim(data, unconfirmed_loss=True)
+        actor = self._actor(data, ISSUER, REGULATOR)
+        claimed = claim["claimed"] if claim else 10
+        confirmed = self._choose(data, range(0, claimed + 1), range(0, 61), "confirmed_t", 5)
+        out, _ = self._run(data, "confirm_loss", actor, {
+            "claim_id": cid, "confirmed_t": confirmed, "report": "核查报告\n过火面积 3 亩"})
+        if out:
+            assert claim is not None and pol is not None and claim["status"] == "pending"
+            assert actor in (ISSUER, REGULATOR) and claim["peril"] in PHYSICAL
+            assert claim["confirmed"] is None and confirmed <= claim["claimed"]
+            claim["confirmed"] = confirmed
+            assert not self.changes
 
     def _affected(self, pol: dict[str, Any], approved: int) -> list[Unit]:
         """The units a claim's approval takes: live units of the insured in the cover, in order."""
@@ -562,6 +595,8 @@ class RegistryMachine(RuleBasedStateMachine):
         cid, claim, pol = self._pick_claim(data)
         actor = self._actor(data, pol["insurer"] if pol else INSURER)
         claimed = claim["claimed"] if claim else 10
+        if claim and claim["confirmed"] is not None:  # (mostly within what was confirmed)
+            claimed = max(min(claimed, claim["confirmed"]), 1)
         approved = self._choose(data, range(1, claimed + 1), range(1, 61), "approved_t", 5)
         left = pol["sum"] - pol["paid"] if pol else 1000
         payout = data.draw(st.sampled_from([0, left, left + 1]) | st.integers(0, max(left, 0)),
@@ -572,6 +607,9 @@ class RegistryMachine(RuleBasedStateMachine):
             "claim_id": cid, "approved_t": approved, "payout": yuan(payout)})
         physical = bool(claim) and claim["peril"] in PHYSICAL
         if err is not None:
+            if err.code == "loss_not_confirmed":
+                assert self.RULES_EDITION >= 2 and physical and claim is not None
+                assert claim["confirmed"] is None or approved > claim["confirmed"]
             if err.code == "cover_exceeded":
                 assert (pol["lost"] if physical else 0) + approved > pol["covered"] or (
                     physical and len(affected) < approved), "cover_exceeded although covered"
@@ -581,6 +619,9 @@ class RegistryMachine(RuleBasedStateMachine):
         assert approved <= claim["claimed"], "approved more than claimed"
         assert payout <= pol["sum"] - pol["paid"], "paid beyond the sum insured"
         assert approved <= pol["covered"], "approved more tonnes than the policy covers"
+        if physical and self.RULES_EDITION >= 2:
+            assert claim["confirmed"] is not None and approved <= claim["confirmed"], \
+                "a physical loss cancelled beyond what was confirmed"
         if physical:
             assert pol["lost"] + approved <= pol["covered"], "lost more than the cover"
             assert len(affected) == approved, "approved more tonnes than the insured still holds"
@@ -1021,12 +1062,43 @@ class RegistryMachine(RuleBasedStateMachine):
                 assert min(row["used_t"], row["remaining_t"], row["limit_t"]) >= 0
 
 
-RegistryMachine.TestCase.settings = settings(
-    max_examples=200,
+_SETTINGS: dict[str, Any] = dict(
     stateful_step_count=40,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much],
 )
+RegistryMachine.TestCase.settings = settings(max_examples=200, **_SETTINGS)
 TestRegistryInvariants = RegistryMachine.TestCase
+
+
+class RegistryMachine2(RegistryMachine):
+    """The same machine on a registry founded with rules edition 2: consents are signed by
+    Registry.submit as the rules ask (the insured's, a freezing court's), claims are filed by
+    the insured or loss payee, and a physical loss is cancelled only as far as it was confirmed.
+    Each run ends with a clean audit of its log: the audit decides every command again under
+    edition 2 (and holds its records' times in order)."""
+
+    RULES_EDITION = 2
+
+    # Insurance has more steps to take here (bind, file, confirm, approve): drawn three times as
+    # often, so that runs reach approvals of confirmed losses.
+    @rule(data=st.data())
+    def insurance_more(self, data) -> None:
+        self.insurance(data)
+
+    @rule(data=st.data())
+    def insurance_once_more(self, data) -> None:
+        self.insurance(data)
+
+    def teardown(self) -> None:
+        try:
+            report = audit_database(self.app.recorder, workers=1)
+            assert report.ok, report.failure
+        finally:
+            super().teardown()
+
+
+RegistryMachine2.TestCase.settings = settings(max_examples=60, **_SETTINGS)
+TestRegistryInvariantsEdition2 = RegistryMachine2.TestCase

@@ -12,6 +12,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,17 @@ class World:
     def next_id(self) -> str:
         return f"{self.prefix}-{next(self._ids)}"
 
-    def ok(self, name: str, actor: str, /, **args: Any) -> dict[str, Any]:
-        return self.app.submit(name, actor, self.next_id(), args)
+    def ok(self, name: str, actor: str, /, *, consents: tuple[str, ...] | None = None,
+           **args: Any) -> dict[str, Any]:
+        """Accepted; `consents`: the parties that sign their consent (default: every one the
+        command needs, see Registry.submit)."""
+        return self.app.submit(name, actor, self.next_id(), args, consents=consents)
 
     def refused(self, code: str, name: str, actor: str, /, *, says: tuple = (),
-                **args: Any) -> DomainError:
+                consents: tuple[str, ...] | None = None, **args: Any) -> DomainError:
         before = self.app.log_position()
         with pytest.raises(DomainError) as info:
-            self.app.submit(name, actor, self.next_id(), args)
+            self.app.submit(name, actor, self.next_id(), args, consents=consents)
         err = info.value
         assert err.code == code, f"expected {code}, got {err.code}: {err.message}"
         for value in says:
@@ -176,26 +180,42 @@ def keyring() -> Keyring:
     return Keyring()
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, keyring: Keyring) -> Path:
-    """The world built once per module in an SQLite file; each test gets its own copy."""
-    path = tmp_path_factory.mktemp("world") / "registry.db"
+def make_template(tmp_path_factory: pytest.TempPathFactory, keyring: Keyring,
+                  build: Any, name: str) -> Path:
+    """A world built once per module in an SQLite file (`build(app)`); each test copies it."""
+    path = tmp_path_factory.mktemp(name) / "registry.db"
     app = Registry(f"sqlite:///{path}", keyring=keyring)
-    build_world(app)
+    build(app)
     app.close()
     return path
 
 
-@pytest.fixture
-def world(template: Path, keyring: Keyring, tmp_path: Path) -> Iterator[World]:
-    for f in template.parent.glob(template.name + "*"):  # the database and any WAL files
+def copy_of(template: Path, keyring: Keyring, tmp_path: Path) -> Registry:
+    """A registry over a private copy of the template's database (and any WAL files)."""
+    for f in template.parent.glob(template.name + "*"):
         shutil.copyfile(f, tmp_path / f.name)
-    app = Registry(f"sqlite:///{tmp_path / template.name}", keyring=keyring)
+    return Registry(f"sqlite:///{tmp_path / template.name}", keyring=keyring)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, keyring: Keyring) -> Path:
+    return make_template(tmp_path_factory, keyring, build_world, "world")
+
+
+@contextmanager
+def conserved(app: Registry) -> Iterator[Registry]:
+    """The registry, checked for conservation when the block ends well, and closed."""
     try:
-        yield World(app)
+        yield app
         assert_conserved(app)
     finally:
         app.close()
+
+
+@pytest.fixture
+def world(template: Path, keyring: Keyring, tmp_path: Path) -> Iterator[World]:
+    with conserved(copy_of(template, keyring, tmp_path)) as app:
+        yield World(app)
 
 
 @pytest.fixture

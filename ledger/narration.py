@@ -181,6 +181,15 @@ def _file_claim(f: dict[str, Any], n: Names) -> str:
             f"{n(f['_actor'])} claims under policy {f['policy_id']} (claim {f['claim_id']}).")
 
 
+def _confirm_loss(f: dict[str, Any], n: Names) -> str:
+    return (f"{n(f['_actor'])} confirms the loss of claim {f['claim_id']} after its survey: "
+            f"{tonnes(f['confirmed_t'])} lost.")
+
+
+def _adopt_rules(f: dict[str, Any], n: Names) -> str:
+    return f"{n(f['_actor'])} adopts rules edition {f['edition']} from the next command on."
+
+
 def _approve_claim(f: dict[str, Any], n: Names) -> str:
     text = f"{n(f['_actor'])} approves claim {f['claim_id']}: {tonnes(f['approved_t'])} lost"
     if f.get("cancelled_t"):
@@ -248,6 +257,7 @@ class Narrator:
 
 NARRATORS: dict[str, Narrator] = {
     "initialise": Narrator("accounts", _initialise),
+    "adopt_rules": Narrator("accounts", _adopt_rules),
     "register_participant": Narrator("accounts", _register_participant, _register_participants),
     "rotate_key": Narrator("accounts", _rotate_key),
     "revoke_key": Narrator("accounts", _revoke_key),
@@ -263,6 +273,7 @@ NARRATORS: dict[str, Narrator] = {
     "enforce_pledge": Narrator("pledge", _enforce_pledge),
     "bind_policy": Narrator("insurance", _bind_policy),
     "file_claim": Narrator("insurance", _file_claim),
+    "confirm_loss": Narrator("insurance", _confirm_loss),
     "approve_claim": Narrator("insurance", _approve_claim),
     "reject_claim": Narrator("insurance", _reject_claim),
     "retire": Narrator("retirement", _retire),

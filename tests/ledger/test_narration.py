@@ -89,12 +89,21 @@ def test_the_refusal_says_what_was_asked_and_why() -> None:
 
 
 def test_a_step_the_narrator_does_not_know_gets_a_plain_sentence() -> None:
-    """Such as a step another part of the story may add (an insured's consent, a loss report)."""
+    """Such as a step a later command adds to the story before its narrator is written."""
+    step = Step("survey_forest", "sanming-forestry", "survey/CLM-9", {"claim_id": "CLM-9",
+                "surveyed_t": 40}, {"claim_id": "CLM-9", "surveyed_t": 40, "position": 99})
+    [line] = narrate([step], names)
+    assert line.chapter == CHAPTERS["other"]
+    assert line.text == "三明市林业局: survey forest (claim CLM-9, surveyed 40 t)."
+
+
+def test_a_loss_confirmation_is_told_as_the_survey_it_is() -> None:
     step = Step("confirm_loss", "sanming-forestry", "loss/CLM-9", {"claim_id": "CLM-9",
                 "confirmed_t": 40}, {"claim_id": "CLM-9", "confirmed_t": 40, "position": 99})
     [line] = narrate([step], names)
-    assert line.chapter == CHAPTERS["other"]
-    assert line.text == "三明市林业局: confirm loss (claim CLM-9, confirmed 40 t)."
+    assert line.chapter == CHAPTERS["insurance"]
+    assert line.text == ("三明市林业局 confirms the loss of claim CLM-9 after its survey: "
+                         "40 t lost.")
 
 
 def test_a_known_command_of_an_unexpected_shape_falls_back_to_the_plain_sentence() -> None:

@@ -72,8 +72,12 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Headless Chromium for one test module. Not for the session: while Playwright's sync API
+    is open, the main thread counts as running an asyncio loop, and every later test that runs
+    a loop of its own (run_until_complete, asyncio.run) would fail with "another loop is
+    running"."""
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
         reason = f"no Chromium at {CHROMIUM} (ops/test installs Debian's chromium as root)"
         if os.environ.get("CI", "").lower() == "true":

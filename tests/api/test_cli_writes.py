@@ -93,6 +93,9 @@ def test_the_life_of_a_ticket_told_with_the_verbs(story: CLI, tmp_path: Path) ->
     assert sentence(run("file-claim", "--claim-id", "C-1", "--policy", "POL-1", "--peril", "fire",
                         "--loss-date", "2025-03-14", "--claimed-t", "100", "--as", "buyer")) == (
         "buyer filed claim C-1 under policy POL-1: 100 t lost to fire on 2025-03-14 (pending)")
+    assert sentence(run("confirm-loss", "C-1", "--confirmed-t", "100", "--report",
+                        "survey: 100 t burned", "--as", "bureau")) == (
+        "bureau confirmed the loss of claim C-1 under policy POL-1: 100 t of the 100 t claimed")
     approved = sentence(run("approve-claim", "C-1", "--approved-t", "100", "--payout", "10000.00",
                             "--as", "insurer"))
     assert approved.startswith("insurer approved claim C-1: 100 t, payout ¥10,000.00: "

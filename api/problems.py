@@ -15,6 +15,7 @@ PROBLEM_TYPE = "urn:carbon-ledger:error:"
 STATUS: dict[str, int] = {
     "invalid_argument": 400,
     "non_canonical": 400,
+    "nesting_too_deep": 400,
     "unsigned": 401,
     "bad_signature": 401,
     "unknown_key": 401,
@@ -41,6 +42,9 @@ STATUS: dict[str, int] = {
     "store_unavailable": 503,
     "batch_too_large": 413,
     "payload_too_large": 413,
+    "headers_too_large": 431,
+    "request_timeout": 408,
+    "too_many_connections": 503,
 }
 assert set(STATUS) <= set(CODES)
 

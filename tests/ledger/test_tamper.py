@@ -429,6 +429,25 @@ def test_edited_signed_body_with_recomputed_chain_is_caught(con: sqlite3.Connect
     assert f"command {command_id} (transfer by shaxian-exchange) does not stand up" in what
 
 
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_a_deeply_nested_signed_body_gets_a_verdict_at_its_record(con: sqlite3.Connection, db: Path,
+                                                                 demo_db: Demo, depth: int) -> None:
+    """A body nested past what the parsers' stack allows used to stop the audit with a
+    RecursionError: "no verdict", every time. It is a record that does not stand up."""
+    command_id = "trade/shaxian-exchange/SX-2021-0001"
+    position = demo_db.positions[command_id]
+
+    def edit(state: dict) -> None:
+        body = bytes(state["body"])
+        state["body"] = body.replace(b'"args":{', b'"args":{"a":' + b"[" * depth + b"]" * depth + b",", 1)
+
+    forge(con, position, edit)
+    at, what = failure(audit(db, demo_db.operator_key))
+    assert at == position
+    assert f"command {command_id} (transfer by shaxian-exchange) does not stand up" in what
+    assert "nesting_too_deep" in what and "more than 32 levels deep" in what
+
+
 # Events the front leaves to the replay to read (every event but command records and keys') ---
 
 def first_transfer_event(con: sqlite3.Connection) -> tuple[int, str]:

@@ -504,6 +504,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
+    from api.limits import limits_from
     from api.server import ENV_KEYS
     from api.serving import serve
 
@@ -512,7 +513,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ[ENV_KEYS] = str(_keys_dir(args))
     err.print(f"serving {url} at http://{args.host}:{args.port} ({args.workers} worker"
               f"{'s' if args.workers != 1 else ''}); docs at /docs")
-    return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    return serve(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+                 limits=limits_from(args))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -721,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="warning")
+    from api.limits import add_limit_options
+
+    add_limit_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("rotate-key", parents=[common, reads],

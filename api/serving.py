@@ -45,7 +45,6 @@ ACCEPT_POLL_S = 0.2  # how often the accepting parent looks at its workers and a
 ACCEPT_BURST = 64  # connections accepted in a row before the parent reads its workers' news
 RESTART_PAUSE_S = 1.0  # between restarts of a worker that keeps exiting
 STOP_GRACE_S = 10.0
-REFUSALS_LOG_S = 10.0  # at most one line this often about connections refused for the limits
 
 
 def serve(*, host: str, port: int, workers: int, log_level: str,
@@ -175,8 +174,7 @@ class Dispatcher:
         self.last_restart = 0.0
         self.selector = selectors.DefaultSelector()
         self.cap = connection_cap(self.limits)
-        self.refused = 0
-        self.refusals_logged = 0.0
+        self.refusals = transport.Refusals()
 
     def _start(self) -> tuple[Any, socket.socket]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -277,7 +275,7 @@ class Dispatcher:
 
     def _refuse(self, connection: socket.socket, detail: str) -> None:
         """Answer 503 and close, without handing the connection to anyone."""
-        self.refused += 1
+        self.refusals.note("too_many_connections", detail)
         try:
             connection.setblocking(False)
             connection.send(problem_response("too_many_connections", detail, retry_after=1))
@@ -288,11 +286,6 @@ class Dispatcher:
                 pass
         except OSError:
             pass
-        now = time.monotonic()
-        if now - self.refusals_logged >= REFUSALS_LOG_S:
-            print(f"serve: refused {self.refused} connection(s) over the limits ({detail})",
-                  file=sys.stderr, flush=True)
-            self.refused, self.refusals_logged = 0, now
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BURST):

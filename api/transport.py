@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import resource
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,9 @@ from domain.errors import CODES
 RESERVED_DESCRIPTORS = 128
 # Refused connections that may linger at once (beyond these, a refusal closes at once).
 MAX_LINGERING = 256
+REFUSALS_LOG_S = 10.0  # at most one log line this often about what the edge refused
+
+log = logging.getLogger("carbon_ledger.edge")
 
 
 def raise_descriptor_limit() -> int:
@@ -91,6 +96,24 @@ def busy_detail(client: str | None, open_now: int, cap: int, per_client: bool) -
             "retry later")
 
 
+class Refusals:
+    """What the edge refused, counted by code: under an attack a line per refusal would flood
+    the log, so one line sums them up at most every REFUSALS_LOG_S."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.logged = -REFUSALS_LOG_S
+
+    def note(self, code: str, detail: str) -> None:
+        self.counts[code] = self.counts.get(code, 0) + 1
+        now = time.monotonic()
+        if now - self.logged >= REFUSALS_LOG_S:
+            summary = ", ".join(f"{n} {c}" for c, n in sorted(self.counts.items()))
+            log.warning("refused before the application: %s (the last: %s)", summary, detail)
+            self.counts.clear()
+            self.logged = now
+
+
 class Edge:
     """One process's limits and its count of open connections (in all and per client)."""
 
@@ -104,6 +127,7 @@ class Edge:
         self.open = 0
         self.per_client: dict[str, int] = {}
         self.lingering = 0
+        self.refusals = Refusals()
 
     def admit(self, client: str | None) -> str | None:
         """Count a new connection in; or the sentence refusing it."""
@@ -199,6 +223,7 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
     def _refuse_connection(self, transport: asyncio.Transport, detail: str) -> None:
         self._refused = True
         self.transport = transport
+        self.edge.refusals.note("too_many_connections", detail)
         transport.write(problem_response("too_many_connections", detail, retry_after=1))
         self._linger()
 
@@ -289,6 +314,7 @@ class EdgeHTTPProtocol(HttpToolsProtocol):
             cycle.disconnected = True  # the application's answer, if it comes, is dropped
             cycle.message_event.set()
         if not self.transport.is_closing():
+            self.edge.refusals.note(code, detail)
             self.transport.write(problem_response(code, detail))
             if linger:
                 self._linger()

@@ -25,13 +25,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from test_http_write_path import refused
 
 from api import http_signatures as H
 from api.routes import WRITES
 from api.server import MAX_COSIGNATURE_BYTES, NonceMemory, create_app
 from domain.errors import DomainError
-from ledger import demo
 from ledger.application import Registry
+from ledger.demo import load as load_demo
 from ledger.keys import Keyring
 from ledger.signing import MAX_BODY_BYTES, MAX_DEPTH, canonical_json
 
@@ -40,12 +41,17 @@ PROBLEM = "application/problem+json"
 CHUNK = 64 * 1024
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    root: Path = tmp_path_factory.mktemp("edge")
+def open_demo(root: Path) -> Registry:
     app = Registry(f"sqlite:///{root / 'registry.db'}", keyring=Keyring(root / "keys"),
                    auto_checkpoint=False)
-    demo.load(app)
+    load_demo(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """The demo story on an SQLite file, for this module (not both stores, as tests/conftest.py's)."""
+    app = open_demo(tmp_path_factory.mktemp("edge"))
     yield app
     app.close()
 
@@ -59,14 +65,6 @@ def app(registry: Registry) -> Any:
 def client(app: Any) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
-
-
-def refused(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    problem = response.json()
-    assert problem["code"] == code, problem
-    return problem
 
 
 def a_transfer_body(**extra_args: Any) -> bytes:

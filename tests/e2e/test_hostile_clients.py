@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import CARBON_LEDGER, HOST, _clean_env, _free_port  # type: ignore[import-not-found]
+from test_serve_workers import _children  # type: ignore[import-not-found]
 
 from api import http_signatures as H
 from ledger import demo
@@ -48,20 +49,6 @@ MB = 1024 * 1024
 
 
 # The server ------------------------------------------------------------------------------------
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = Path(f"/proc/{name}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] != b"Z":
-                found.append(int(name))
-    return found
-
 
 def _status(pid: int, key: str) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -144,7 +131,7 @@ def start(root: Path, *args: str, workers: int = 1, nofile: tuple[int, int] | No
             seen.add(int(httpx.get(served.base_url + "/healthz", timeout=5).json()["worker"]))
         except httpx.TransportError:
             time.sleep(0.1)
-    served.pids = [process.pid] + (_children(process.pid) if workers > 1 else [])
+    served.pids = [process.pid] + (sorted(_children(process.pid)) if workers > 1 else [])
     assert set(served.pids[1:]) >= (seen if workers > 1 else set())
     return served
 

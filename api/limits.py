@@ -65,5 +65,6 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{value:g} s is not between 0 and 3600 s")
+        raise argparse.ArgumentTypeError(f"{value:g} s: a timeout is more than 0 s and at most "
+                                         "3600 s")
     return value

@@ -59,7 +59,9 @@ def serve(*, host: str, port: int, workers: int, log_level: str,
     return Dispatcher(host, port, workers, log_level, limits).run()
 
 
-_SETTINGS: dict[str, Any] = {"factory": True, "access_log": False, "http": HTTP}
+# No WebSocket protocol: the API has no WebSocket routes, and a connection upgraded to one would
+# leave the edge's limits (api/transport.py) behind.
+_SETTINGS: dict[str, Any] = {"factory": True, "access_log": False, "http": HTTP, "ws": "none"}
 
 
 def _config(host: str, port: int, log_level: str, limits: Limits) -> uvicorn.Config:

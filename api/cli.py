@@ -606,6 +606,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
+    from api.limits import limits_from
     from api.server import ENV_ALLOW_EMPTY, ENV_KEYS
     from api.serving import redacted, serve
 
@@ -620,7 +621,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"worker{'s' if args.workers != 1 else ''}); docs at /docs")
     with serving(url):  # so that ops/demo does not delete the file under this server
         return serve(host=args.host, port=args.port, workers=args.workers,
-                     log_level=args.log_level, log_format=args.log_format, banner=banner)
+                     log_level=args.log_level, log_format=args.log_format, banner=banner,
+                     limits=limits_from(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -888,6 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-empty", action="store_true",
                    help="serve a missing or empty registry (made on start), to be initialised "
                    "by a signed `initialise` over POST /v1/commands")
+    from api.limits import add_limit_options
+
+    add_limit_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", parents=[common, reads],

@@ -33,6 +33,17 @@ from ledger.signing import (
 READ_TAG = "carbon-ledger-read"
 READ_COMPONENTS = ("@method", "@path", "@query")
 MAX_SIGNATURES = 4
+# What a signature's headers may hold, checked before anything is parsed or kept: four signatures
+# take about 1,100 characters in each header, a nonce as clients make it 22 and a key id 32.
+MAX_SIGNATURE_HEADER_CHARS = 4096
+MAX_NONCE_CHARS = 128
+MAX_KEYID_CHARS = 128
+# The headers a signature depends on: each may come once (a second copy is not ignored).
+SIGNED_HEADERS = {"signature-input": "Signature-Input", "signature": "Signature",
+                  "content-digest": "Content-Digest"}
+# The key under which a dict of headers made from the raw list (api.server's fast path) names a
+# signed header that came more than once: no header has that name.
+REPEATED = "\x00repeated"
 
 _MEMBER = re.compile(r'\s*([a-z][a-z0-9_-]*)=(\((?:"[^"]*"(?: "[^"]*")*)?\)(?:;[a-z]+=(?:[0-9]+|"[^"\\]*"))*)\s*')
 _SIG_MEMBER = re.compile(r"\s*([a-z][a-z0-9_-]*)=:([A-Za-z0-9+/=]*):\s*")
@@ -70,8 +81,8 @@ def _split_members(header: str) -> list[str]:
 # One signature with its parameters in the order sign_request writes them: what nearly every
 # request carries, parsed with one match per header (anything else takes the general way).
 _ONE_INPUT = re.compile(r'(?P<label>[a-z][a-z0-9_-]*)=(?P<params>\((?P<covered>"[^"()]*"(?: "[^"()]*")*)\)'
-                        r';created=[0-9]+;keyid="(?P<keyid>[^"\\]*)";nonce="[^"\\]*";alg="[^"\\]*"'
-                        r';tag="(?P<tag>[^"\\]*)")')
+                        rf';created=[0-9]+;keyid="(?P<keyid>[^"\\]{{0,{MAX_KEYID_CHARS}}})";'
+                        rf'nonce="[^"\\]{{0,{MAX_NONCE_CHARS}}}";alg="[^"\\]*";tag="(?P<tag>[^"\\]*)")')
 _ONE_SIG = re.compile(r"(?P<label>[a-z][a-z0-9_-]*)=:(?P<value>[A-Za-z0-9+/=]*):")
 
 
@@ -89,11 +100,23 @@ def _parse_one(inputs_header: str, sigs_header: str) -> list[WireSignature] | No
 
 
 def parse_headers(headers: Mapping[str, str]) -> list[WireSignature]:
-    """The signatures a request carries; DomainError(bad_signature) when the headers are malformed."""
+    """The signatures a request carries; DomainError(bad_signature) when the headers are malformed,
+    too long, or sent twice. `headers` is Starlette's Headers (which sees every copy of a header)
+    or a dict that names a repeated signed header under REPEATED."""
+    repeated = headers.get(REPEATED)
+    if repeated is None and hasattr(headers, "getlist"):
+        repeated = next((n for n in SIGNED_HEADERS if len(headers.getlist(n)) > 1), None)
+    if repeated is not None:
+        raise DomainError("bad_signature", f"the request has the {SIGNED_HEADERS[repeated]} header "
+                          "twice; send it once, with every signature in one header")
     inputs_header = headers.get("signature-input")
     sigs_header = headers.get("signature")
     if not inputs_header and not sigs_header:
         return []
+    for name, value in (("Signature-Input", inputs_header), ("Signature", sigs_header)):
+        if value is not None and len(value) > MAX_SIGNATURE_HEADER_CHARS:
+            raise DomainError("bad_signature", f"the {name} header is {len(value)} characters "
+                              f"long; at most {MAX_SIGNATURE_HEADER_CHARS} are accepted")
     if inputs_header and sigs_header:
         one = _parse_one(inputs_header, sigs_header)
         if one is not None:
@@ -131,6 +154,12 @@ def _parse_general(inputs_header: str | None, sigs_header: str | None) -> list[W
         found = dict(_PARAM.findall(params, close + 1))
         keyid = found.get("keyid", '""').strip('"')
         tag = found.get("tag", '""').strip('"')
+        nonce = found.get("nonce", '""').strip('"')
+        for what, value, most in (("key id", keyid, MAX_KEYID_CHARS),
+                                  ("nonce", nonce, MAX_NONCE_CHARS)):
+            if len(value) > most:
+                raise DomainError("bad_signature", f"the {what} of signature {label} is "
+                                  f"{len(value)} characters long; at most {most} are accepted")
         out.append(WireSignature(label, params, covered, keyid, tag, values[label]))
     return out
 

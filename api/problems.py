@@ -19,6 +19,7 @@ STATUS: dict[str, int] = {
     "non_canonical": 400,
     "not_found": 404,
     "method_not_allowed": 405,
+    "nesting_too_deep": 400,
     "unsigned": 401,
     "bad_signature": 401,
     "unknown_key": 401,
@@ -49,6 +50,9 @@ STATUS: dict[str, int] = {
     "registry_served": 409,
     "batch_too_large": 413,
     "payload_too_large": 413,
+    "headers_too_large": 431,
+    "request_timeout": 408,
+    "too_many_connections": 503,
 }
 assert set(STATUS) <= set(CODES)
 

@@ -38,6 +38,10 @@ COMMANDS_PATH = "/v1/commands"
 WINDOW_PAST_S = 300  # a signature may be at most 5 minutes old when it reaches the ledger
 WINDOW_FUTURE_S = 60  # and at most 1 minute ahead of the ledger's clock
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# Levels of arrays and objects in a body. A command needs five at most (the command, its args, a
+# list of lines, a line, its serials); the parsers and encoders recurse once per level, so a body
+# of a few thousand levels would exhaust the stack of whoever reads it, the auditor included.
+MAX_DEPTH = 32
 _MAX_INT = 2**53 - 1
 
 
@@ -146,8 +150,37 @@ def _parsed_if_canonical(body: bytes) -> Any:
     return _NOT_FAST
 
 
+def _deeper_than(obj: Any, levels: int) -> bool:
+    """Whether `obj` nests arrays and objects more than `levels` deep (`[1]` is one level).
+    Level by level, without recursion: the value may be as deep as a parser allowed."""
+    level = [obj] if type(obj) in (dict, list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > levels:
+            return True
+        inner = []
+        for container in level:
+            for value in (container.values() if type(container) is dict else container):
+                if type(value) is dict or type(value) is list:
+                    inner.append(value)
+        level = inner
+    return False
+
+
+def _too_deep() -> DomainError:
+    return DomainError("nesting_too_deep", f"the body nests arrays and objects more than "
+                       f"{MAX_DEPTH} levels deep; at most {MAX_DEPTH} are accepted")
+
+
+def _check_depth(body: bytes, obj: Any) -> None:
+    # A body with few brackets cannot be deep: nearly every command is answered by the count.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _deeper_than(obj, MAX_DEPTH):
+        raise _too_deep()
+
+
 def parse_canonical(body: bytes) -> Any:
-    """Parse a body and insist it is already in canonical form."""
+    """Parse a body and insist it is already in canonical form (and at most MAX_DEPTH deep)."""
     if len(body) > MAX_BODY_BYTES:
         raise DomainError("invalid_argument", f"the body is {len(body)} bytes; at most "
                           f"{MAX_BODY_BYTES} are accepted")
@@ -158,6 +191,7 @@ def parse_canonical(body: bytes) -> Any:
             # msgspec parses and writes it back in a quarter of json's time.
             obj = _parsed_if_canonical(body)
             if obj is not _NOT_FAST:
+                _check_depth(body, obj)
                 return obj
         if short and body.isascii():
             # Every key is ASCII and every integer has at most 15 digits: the checks the hooks
@@ -170,6 +204,9 @@ def parse_canonical(body: bytes) -> Any:
                              object_pairs_hook=_ascii_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DomainError("invalid_argument", f"the body is not JSON: {e}") from None
+    except RecursionError:  # hundreds of levels deep: far past MAX_DEPTH wherever it is called
+        raise _too_deep() from None
+    _check_depth(body, obj)
     if canonical_json(obj, checked=True) != body:
         raise DomainError("non_canonical", "the body is not in canonical JSON form (keys sorted, no "
                           "white space, UTF-8 without escapes); sign and send canonical_json(command)")
@@ -206,9 +243,20 @@ class ParsedBase:
     covered: tuple[str, ...]
 
 
-@lru_cache(maxsize=4096)  # a command's bases are read several times on its way in
+# A command's bases are read several times on its way in, so parsed bases are cached; but a base
+# comes from a request's headers before its signature is checked, so only bases of the size
+# clients make (about 250 characters) are kept: at most 4,096 of them, a few megabytes in all.
+_CACHED_BASE_CHARS = 1024
+
+
 def parse_base(base: str) -> ParsedBase:
     """Split a signature base into its component values and parameters; DomainError if malformed."""
+    if len(base) <= _CACHED_BASE_CHARS:
+        return _parse_base_cached(base)
+    return _parse_base(base)
+
+
+def _parse_base(base: str) -> ParsedBase:
     lines = base.split("\n")
     if not lines or not lines[-1].startswith('"@signature-params": '):
         raise DomainError("bad_signature", "the signature base does not end with @signature-params")
@@ -229,6 +277,9 @@ def parse_base(base: str) -> ParsedBase:
     for k, v in _PARAM.findall(m.group("rest")):
         params[k] = int(v) if v[0] != '"' else v[1:-1]
     return ParsedBase(components, params, covered)
+
+
+_parse_base_cached = lru_cache(maxsize=4096)(_parse_base)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from uuid import UUID
 import msgpack
 import pytest
 
+from api.cli import main
 from domain.errors import DomainError
 from ledger import demo
 from ledger.application import Registry
@@ -427,6 +428,31 @@ def test_edited_signed_body_with_recomputed_chain_is_caught(con: sqlite3.Connect
     at, what = failure(audit(db, demo_db.operator_key))
     assert at == position
     assert f"command {command_id} (transfer by shaxian-exchange) does not stand up" in what
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_a_deeply_nested_signed_body_gets_a_verdict_at_its_record(
+        con: sqlite3.Connection, db: Path, demo_db: Demo, depth: int,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A body nested past what the parsers' stack allows used to stop the audit with a
+    RecursionError: `verify` exited 3, "no verdict", every time. It is a record that does not
+    stand up, and `verify` says so (exit status 1)."""
+    command_id = "trade/shaxian-exchange/SX-2021-0001"
+    position = demo_db.positions[command_id]
+
+    def edit(state: dict) -> None:
+        body = bytes(state["body"])
+        state["body"] = body.replace(b'"args":{', b'"args":{"a":' + b"[" * depth + b"]" * depth + b",", 1)
+
+    forge(con, position, edit)
+    at, what = failure(audit(db, demo_db.operator_key))
+    assert at == position
+    assert f"command {command_id} (transfer by shaxian-exchange) does not stand up" in what
+    assert "nesting_too_deep" in what and "more than 32 levels deep" in what
+    capsys.readouterr()
+    assert main(["verify", "--db", url(db), "--operator-key", demo_db.operator_key]) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert f"verification failed at position {position}" in err and "nesting_too_deep" in err
 
 
 # Events the front leaves to the replay to read (every event but command records and keys') ---

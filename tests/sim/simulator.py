@@ -162,7 +162,7 @@ def make_plan(seed: int, store: str, keyring: Keyring, steps: int = DEFAULT_STEP
                 kind = rng.choice(["kill_worker", "kill_worker", "kill_server", "restart"])
                 out.append(Step("fault", fault={"kind": kind, "server": rng.randrange(servers),
                                                 "worker": rng.randrange(2)}))
-            elif window == 0 and roll < 0.12:
+            elif window == 0 and roll < 0.12 and i < steps - 3:
                 kind = (rng.choice(["disk_full", "fsync_fail"]) if store == "sqlite"
                         else "pg_kill")
                 window = rng.randint(1, 3) if kind != "pg_kill" else 0
@@ -446,6 +446,7 @@ class Simulation:
         self.fsync_flag = root / "fsync-fails"
         self.pg_db: str | None = None
         self.reads = 0
+        self.refused_by_fault = 0  # 5xx answers while the disk was full or fsyncs failed
 
     def violation(self, what: str) -> None:
         if len(self.violations) < 50:
@@ -547,7 +548,8 @@ class Simulation:
             "commands": len(answers), "acked": sum(a.acked for a in answers),
             "refused": sum(a.status is not None and not a.acked for a in answers),
             "in_doubt": sum(a.in_doubt for a in answers),
-            "unanswered": sum(a.status is None for a in answers), "reads": self.reads}
+            "unanswered": sum(a.status is None for a in answers), "reads": self.reads,
+            "fault_5xx": self.refused_by_fault}
         result.faults = dict(self.faults)
         result.skipped = dict(self.skipped)
         result.violations = list(self.violations)
@@ -564,8 +566,12 @@ class Simulation:
         if self.window == 0:
             self._heal()
             self._retry_pending()
-        else:
-            self.window -= 1
+        try:
+            self._run_step(step, reader, oracle)
+        finally:
+            self.window = max(0, self.window - 1)
+
+    def _run_step(self, step: Step, reader: Registry, oracle: Oracle) -> None:
         if step.kind == "read":
             assert step.read is not None
             oracle.sync(reader)
@@ -588,6 +594,7 @@ class Simulation:
             t.join(timeout=REQUEST_TIMEOUT_S * 4)
 
     window = 0  # steps left under a disk or fsync fault
+    faulted = False  # a disk or fsync fault is on
 
     def _fault(self, fault: dict[str, Any]) -> None:
         kind = fault["kind"]
@@ -601,6 +608,7 @@ class Simulation:
             else:
                 self.fsync_flag.touch()
             self.window = fault["steps"]
+            self.faulted = True
             self.faults[kind] += 1
             self.say(f"fault: {kind} for {fault['steps']} steps")
             return
@@ -649,6 +657,7 @@ class Simulation:
             self.disk.free()
         self.fsync_flag.unlink(missing_ok=True)
         self.window = 0
+        self.faulted = False
 
     def _send(self, cmd: W.Cmd, server: Server, kill: dict[str, Any] | None = None,
               sequential: bool = True, answer: Answer | None = None) -> Answer:
@@ -660,7 +669,7 @@ class Simulation:
         body = canonical_json(cmd.body())
         self.by_body[body] = cmd
         method, path = path_for(cmd.name, cmd.args)
-        limit = FAULT_ATTEMPTS if self.window else None
+        limit = FAULT_ATTEMPTS if self.faulted else None
         while time.monotonic() < self.deadline:
             if limit is not None and answer.attempts >= limit:
                 self.pending.append((answer, server))
@@ -695,6 +704,9 @@ class Simulation:
                 time.sleep(0.05)
                 continue
             if r.status_code >= 500 or (r.status_code == 409 and _code(r) == "conflict"):
+                self.say(f"{cmd.command_id}: {r.status_code} {_code(r) or r.text[:60]}")
+                if self.faulted:
+                    self.refused_by_fault += 1
                 answer.in_doubt = answer.in_doubt or r.status_code >= 500
                 time.sleep(0.05)
                 continue
@@ -921,6 +933,7 @@ class Oracle:
         problems = []
         if mine.position != theirs.position:
             problems.append(f"the log has {theirs.position} records, the oracle's {mine.position}")
+        len(mine.commitment), len(theirs.commitment)  # (sorts every touched entity in)
         keys = set(mine.commitment._keys) | set(theirs.commitment._keys)
         for key in sorted(keys):
             a, b = _timeless(mine.commitment.value(key)), _timeless(theirs.commitment.value(key))

@@ -1,7 +1,8 @@
 """Fuzz targets: what the registry parses from strangers, each allowed one documented refusal.
 
-  canonical          ledger.signing.parse_canonical (every write's body): a value, or
-                     DomainError invalid_argument / non_canonical; what it accepts is canonical
+  canonical          ledger.signing.parse_canonical, then domain.commands.parse (every write's
+                     body, as the server reads it): a command, or DomainError invalid_argument /
+                     non_canonical; what parse_canonical accepts is canonical
   signature_headers  api.http_signatures.parse_headers, base_for and ledger.signing.parse_base
                      (the Signature-Input and Signature headers of every signed request): the
                      signatures, or DomainError bad_signature
@@ -73,6 +74,12 @@ def canonical(data: bytes) -> None:
         return
     if canonical_json(value) != data:  # one encoding per value: what is accepted is canonical
         raise Finding(f"accepted a body that is not in canonical form: {data[:80]!r}")
+    from domain import commands as C
+
+    try:
+        C.parse(value)
+    except DomainError as e:
+        _refused_with(e, ("invalid_argument", "batch_too_large"))
 
 
 def signature_headers(data: bytes) -> None:
@@ -147,10 +154,6 @@ INSTRUMENTED = ("domain", "ledger", "api")
 KNOWN = {
     "canonical/crash-nested-1000": "issue 19 item 6: nesting depth is unbounded (a body of 1,000 "
     "nested arrays raises RecursionError); fixed on branch w19-http",
-    "signature_headers/crash-created-4301-digits": "new (found writing this harness): a "
-    "signature parameter of more than 4,300 digits makes ledger.signing.parse_base raise "
-    "ValueError (Python's int() digit limit), not bad_signature: a signed read or write with "
-    "such a created= is a 500",
 }
 
 

@@ -40,7 +40,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,15 +57,21 @@ from api.routes import path_for
 from domain.command import CommandRecord
 from domain.compliance import DEFAULT_LIMITS, cap_t
 from domain.errors import DomainError
-from domain.participant import Participant
-from domain.ticket import AVAILABLE, CANCELLED, PLEDGED, RETIRED, Ticket
+from domain.ticket import AVAILABLE, CANCELLED, PLEDGED, RETIRED
 from ledger.application import Registry
 from ledger.keys import Keyring, public_text
 from ledger.signing import SignedCommand, canonical_json, sign
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "e2e"))
 import faults as F  # noqa: E402
 import world as W  # noqa: E402
+from _load_workers import (  # noqa: E402  (the e2e tests' launcher helpers and unit oracle)
+    _executable,
+    clean_env,
+    free_port,
+    replay_units,
+)
 
 HOST = "127.0.0.1"  # loopback only
 REPO = Path(__file__).resolve().parents[2]
@@ -222,25 +227,9 @@ def _plan_read(rng: random.Random, projection: Any, gen: W.Generator) -> dict[st
 
 # Servers -------------------------------------------------------------------------------------------
 
-def _executable() -> str:
-    for candidate in (REPO / ".venv" / "bin" / "carbon-ledger",
-                      Path(sys.executable).parent / "carbon-ledger"):
-        if candidate.exists():
-            return str(candidate)
-    raise RuntimeError("no carbon-ledger executable beside this interpreter")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CARBON_LEDGER_DB", "CARBON_LEDGER_KEYS", "PGAPPNAME", "LD_PRELOAD")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    """The test servers' environment, without this process's fault shims or PostgreSQL name."""
+    return {k: v for k, v in clean_env().items() if k not in ("PGAPPNAME", "LD_PRELOAD")}
 
 
 class Server:
@@ -268,7 +257,7 @@ class Server:
         raise RuntimeError(f"server {self.index} did not start:\n{self.log_tail()}")
 
     def _start_once(self) -> bool:
-        self.port = _free_port()
+        self.port = free_port()
         offset = self.log.stat().st_size if self.log.exists() else 0
         env = {**_clean_env(), **self.extra_env}
         with open(self.log, "ab") as out:
@@ -980,7 +969,9 @@ def _timeless(value: Any) -> Any:
 
 def check_units(app: Registry) -> list[str]:
     """Conservation, partition, pledges and retirements against the tickets, and an independent
-    serial-by-serial replay of the log."""
+    serial-by-serial replay of the log (tests/e2e/_load_workers.replay_units: each event moves
+    only units its party held in the right state, no frozen account sells, pledges or retires,
+    and the end agrees with the tickets)."""
     p = app.projection()
     problems: list[str] = []
     pledged: dict[tuple[str, int], str] = {}
@@ -1036,89 +1027,6 @@ def check_units(app: Registry) -> list[str]:
     for (ticket_no, s), pid in sorted(pledged.items())[:5]:
         problems.append(f"{ticket_no}-{s:07d} is in pledge {pid} but not pledged on the ticket")
     return problems[:20] + replay_units(app)
-
-
-_UNIT_TOPICS = {f"{c.__module__}:{c.__qualname__}": c.__name__ for c in (
-    Ticket.Issued, Ticket.Transferred, Ticket.Pledged, Ticket.PledgeReleased,
-    Ticket.PledgeEnforced, Ticket.Retired, Ticket.Cancelled, Participant.Frozen,
-    Participant.Unfrozen)}
-
-
-def replay_units(app: Registry) -> list[str]:
-    """Follow every unit through the log with a plain serial -> (holder, state, ref) map: each
-    event moves only units its party held in the right state, no frozen account sells, pledges
-    or retires, and the end agrees with the tickets."""
-    problems: list[str] = []
-    units: dict[str, dict[int, tuple[str, str, str]]] = {}
-    frozen: dict[Any, set[str]] = {}
-    ticket_of: dict[Any, str] = {}
-
-    def move(t: str, ranges: Any, want: tuple[str, str, str], new: tuple[str, str, str],
-             pos: int) -> None:
-        for a, b in ranges:
-            for s in range(a, b + 1):
-                if units[t].get(s) != want:
-                    problems.append(f"position {pos}: {t}-{s:07d} moved as {want} but is "
-                                    f"{units[t].get(s)}")
-                units[t][s] = new
-
-    def thawed(holder: str, pos: int) -> None:
-        if frozen.get(Participant.id_for(holder)):
-            problems.append(f"position {pos}: {holder} moved units while frozen")
-
-    start, end = 1, app.log_position()
-    while start <= end and len(problems) < 20:
-        batch = app.recorder.select_notifications(start, 2000, stop=end)
-        if not batch:
-            break
-        for n in batch:
-            kind = _UNIT_TOPICS.get(n.topic)
-            if kind is None:
-                continue
-            e = app.mapper.to_domain_event(n)
-            if kind in ("Frozen", "Unfrozen"):
-                by = frozen.setdefault(e.originator_id, set())
-                (by.add if kind == "Frozen" else by.discard)(e.by)
-            elif kind == "Issued":
-                units[e.ticket_no] = dict.fromkeys(range(1, e.quantity_t + 1),
-                                                   (e.owner, AVAILABLE, ""))
-                ticket_of[e.originator_id] = e.ticket_no
-            else:
-                t, pos = ticket_of[e.originator_id], n.id
-                if kind == "Transferred":
-                    thawed(e.seller, pos)
-                    move(t, e.ranges, (e.seller, AVAILABLE, ""), (e.buyer, AVAILABLE, ""), pos)
-                elif kind == "Pledged":
-                    thawed(e.pledgor, pos)
-                    move(t, e.ranges, (e.pledgor, AVAILABLE, ""),
-                         (e.pledgor, PLEDGED, e.pledge_id), pos)
-                elif kind == "PledgeReleased":
-                    move(t, e.ranges, (e.pledgor, PLEDGED, e.pledge_id),
-                         (e.pledgor, AVAILABLE, ""), pos)
-                elif kind == "PledgeEnforced":
-                    move(t, e.ranges, (e.pledgor, PLEDGED, e.pledge_id), (e.to, AVAILABLE, ""),
-                         pos)
-                elif kind == "Retired":
-                    thawed(e.holder, pos)
-                    move(t, e.ranges, (e.holder, AVAILABLE, ""),
-                         (e.holder, RETIRED, e.retirement_id), pos)
-                elif kind == "Cancelled":
-                    for a, b in e.ranges:
-                        for s in range(a, b + 1):
-                            if units[t][s][1] not in (AVAILABLE, PLEDGED):
-                                problems.append(f"position {pos}: cancelled {t}-{s:07d}, "
-                                                f"which is {units[t][s][1]}")
-                            units[t][s] = (e.holder, CANCELLED, e.cancellation_ref)
-        start = batch[-1].id + 1
-    projection = app.projection()
-    for t, serials in units.items():
-        for first, last, holder, state, ref in projection.tickets[t].blocks:
-            for s in range(first, last + 1):
-                if serials.get(s) != (holder, state, ref):
-                    problems.append(f"{t}-{s:07d}: the log says {serials.get(s)}, the ticket "
-                                    f"({holder}, {state}, {ref!r})")
-                    break
-    return problems[:20]
 
 
 def check_compliance(projection: Any) -> list[str]:

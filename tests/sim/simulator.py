@@ -86,6 +86,12 @@ DISK_MB = 48
 # Refusals no well-formed, freshly signed command of the simulator may get.
 NEVER = frozenset({"replay", "bad_signature", "unsigned", "non_canonical", "stale_signature",
                    "unknown_key", "revoked_key", "key_not_yet_valid", "operation_failed"})
+# Holes the simulator finds that are being fixed elsewhere: a run given `tolerate` reports them
+# apart (Result.known) instead of as violations. Empty this once the fix has landed.
+KNOWN_HOLES = {
+    "stale_refusal": "issue 18: a worker refuses on a view behind the log (the oracle accepts, "
+    "or refuses otherwise); fixed on branch w18-workers",
+}
 _COMMAND_TOPIC = f"{CommandRecord.Accepted.__module__}:{CommandRecord.Accepted.__qualname__}"
 
 
@@ -399,6 +405,7 @@ class Result:
     workers: list[int]
     fingerprint: str = ""
     violations: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)  # KNOWN_HOLES found, when tolerated
     counts: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -414,14 +421,19 @@ class Result:
         counts = " ".join(f"{k}={v}" for k, v in self.counts.items())
         faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
         verdict = "ok" if self.ok else f"VIOLATION ({len(self.violations)}): {self.violations[0]}"
+        if self.known:
+            verdict += f"; known holes {len(self.known)}: {self.known[0]}"
         return (f"seed {self.seed} {self.store} servers {shape}: {counts}; faults {faults}; "
                 f"log {self.log_size}; {self.seconds:.1f} s; {verdict}")
 
 
 class Simulation:
     def __init__(self, seed: int, store: str, root: Path, steps: int = DEFAULT_STEPS,
-                 budget_s: float = RUN_BUDGET_S, log: Any = None) -> None:
+                 budget_s: float = RUN_BUDGET_S, log: Any = None,
+                 tolerate: frozenset[str] = frozenset()) -> None:
         self.seed, self.store, self.root, self.steps = seed, store, root, steps
+        self.tolerate = tolerate
+        self.known: list[str] = []
         self.budget_s = budget_s
         self.say = log or (lambda _msg: None)
         self.keyring = Keyring(root / "keys")
@@ -439,7 +451,12 @@ class Simulation:
         self.last_write = 0  # the server that took the last write (sequential steps)
         self.refused_by_fault = 0  # 5xx answers while the disk was full or fsyncs failed
 
-    def violation(self, what: str) -> None:
+    def violation(self, what: str, hole: str | None = None) -> None:
+        """Record a broken promise; one of KNOWN_HOLES (`hole`) apart, when tolerated."""
+        if hole is not None and hole in self.tolerate:
+            self.known.append(f"[{hole}] {what}")
+            self.say(f"known hole ({KNOWN_HOLES[hole]}): {what}")
+            return
         if len(self.violations) < 50:
             self.violations.append(what)
         self.say(f"VIOLATION: {what}")
@@ -544,6 +561,7 @@ class Simulation:
         result.faults = dict(self.faults)
         result.skipped = dict(self.skipped)
         result.violations = list(self.violations)
+        result.known = list(self.known)
         result.seconds = time.monotonic() - started
         return result
 
@@ -913,13 +931,18 @@ class Oracle:
         except DomainError as e:
             if e.code != answer.code:
                 self.sim.violation(f"{cmd.command_id} ({cmd.name}) was refused with "
-                                   f"{answer.code}; the oracle refuses it with {e.code}")
+                                   f"{answer.code}; the oracle refuses it with {e.code}",
+                                   self._stale())
             return True
         where = (f"server {answer.server}, after a write through server {last_write}"
                  if len(self.sim.servers) > 1 else f"server {answer.server}")
         self.sim.violation(f"{cmd.command_id} ({cmd.name}) was refused with {answer.code} by "
-                           f"{where}; the oracle accepts it: {_short(outcome)}")
+                           f"{where}; the oracle accepts it: {_short(outcome)}", self._stale())
         return False
+
+    def _stale(self) -> str | None:
+        """A wrong refusal where several processes decide may be issue 18's stale view."""
+        return "stale_refusal" if sum(s.workers for s in self.sim.servers) > 1 else None
 
     def rebase(self, reader: Registry) -> None:
         """A fresh oracle fed the servers' log from the start (after it accepted a command the
@@ -1061,14 +1084,15 @@ def rerun_command(seed: int, store: str, steps: int) -> str:
 
 
 def run_seed(seed: int, store: str, steps: int = DEFAULT_STEPS, budget_s: float = RUN_BUDGET_S,
-             verbose: bool = False, keep: Path | None = None) -> Result:
+             verbose: bool = False, keep: Path | None = None,
+             tolerate: frozenset[str] = frozenset()) -> Result:
     say = (lambda msg: print(f"  [{seed} {store}] {msg}", flush=True)) if verbose else None
     if keep is not None:
         root = keep / f"{store}-{seed}"
         root.mkdir(parents=True, exist_ok=True)
-        return Simulation(seed, store, root, steps, budget_s, say).run()
+        return Simulation(seed, store, root, steps, budget_s, say, tolerate).run()
     with tempfile.TemporaryDirectory(prefix=f"cl-sim-{store}-{seed}-") as tmp:
-        return Simulation(seed, store, Path(tmp), steps, budget_s, say).run()
+        return Simulation(seed, store, Path(tmp), steps, budget_s, say, tolerate).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1085,6 +1109,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep each run's folder (logs, keys, SQLite file) under DIR")
     parser.add_argument("--json", action="store_true", help="one JSON object per seed")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every fault")
+    parser.add_argument("--tolerate-known", action="store_true",
+                        help="report the holes being fixed elsewhere (" + ", ".join(KNOWN_HOLES)
+                        + ") apart, not as violations")
     args = parser.parse_args(argv)
     # SIGTERM ends the run like Ctrl-C: its servers stopped, its tmpfs unmounted, its database
     # dropped (the finally blocks run).
@@ -1107,7 +1134,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(first, first + args.seeds):
         for store in stores:
             result = run_seed(seed, store, args.steps, args.budget, args.verbose,
-                              Path(args.keep) if args.keep else None)
+                              Path(args.keep) if args.keep else None,
+                              frozenset(KNOWN_HOLES) if args.tolerate_known else frozenset())
+            totals["known"] += len(result.known)
             totals["runs"] += 1
             totals.update({f"{k}": v for k, v in result.counts.items()})
             totals.update({f"fault:{k}": v for k, v in result.faults.items()})
@@ -1130,7 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total: {totals['runs']} runs, {len(failed)} with violations; "
           f"{totals['commands']} commands ({totals['acked']} acknowledged, {totals['refused']} "
           f"refused, {totals['in_doubt']} in doubt), {totals['reads']} reads checked; "
-          f"faults: {faults or 'none'}; {elapsed:.0f} s", flush=True)
+          f"faults: {faults or 'none'}; known holes {totals['known']}; {elapsed:.0f} s", flush=True)
     for seed, store in failed:
         print(f"FAILED seed {seed} on {store}: {rerun_command(seed, store, args.steps)}")
     return 1 if failed else 0

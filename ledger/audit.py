@@ -223,7 +223,8 @@ class ExportSource:
                         self.header = item
                         first = False
                         continue
-                    if (not isinstance(item, list) or not item or item[0] not in _ITEM_SHAPES
+                    if (not isinstance(item, list) or not item or type(item[0]) is not str
+                            or item[0] not in _ITEM_SHAPES
                             or len(item) != len(_ITEM_SHAPES[item[0]]) + 1
                             or not all(type(v) is t for v, t in zip(item[1:], _ITEM_SHAPES[item[0]],
                                                                      strict=True))):

@@ -7,6 +7,7 @@ tests/fuzz/corpus/TARGET/ as crash-*, where this test replays them from then on)
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -90,3 +91,19 @@ def test_a_short_fuzzing_run_finds_nothing_new(target: str, tmp_path: Path) -> N
                     f"--seconds 60`; stderr:\n{result.stderr[-2500:]}")
     if result.known_again:
         pytest.xfail(f"found a known hole again: {result.known_again}")
+
+
+def test_a_damaged_export_found_by_fuzzing_is_refused_by_the_cli(tmp_path: Path) -> None:
+    """ops/fuzz export_file found an export whose item kind is a list: verify-export died with
+    a TypeError traceback; it is a damaged file, refused as such (exit 1, invalid_argument)."""
+    import subprocess
+
+    crash = T.CORPUS / "export_file" / "crash-34e98bfadfbe627e9541cd8db7b28bdcd2261783"
+    cli = Path(sys.executable).parent / "carbon-ledger"
+    done = subprocess.run([str(cli), "verify-export", str(crash), "--operator-key",
+                           T.operator_public(), "--json"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, check=False)
+    assert done.returncode == 1, done.stderr[-800:]
+    assert "Traceback" not in done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error["code"] == "invalid_argument" and "damaged" in error["message"], error

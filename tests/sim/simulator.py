@@ -82,6 +82,7 @@ REQUEST_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 60.0
 RUN_BUDGET_S = 240.0  # one seed; a command still unanswered then is a violation
 FAULT_ATTEMPTS = 2  # sends of one command while a disk or fsync fault lasts
+MAX_CONFLICTS = 10  # 409 conflict answers in a row to one command: a liveness violation
 DISK_MB = 48
 # Refusals no well-formed, freshly signed command of the simulator may get.
 NEVER = frozenset({"replay", "bad_signature", "unsigned", "non_canonical", "stale_signature",
@@ -386,6 +387,7 @@ class Answer:
     replayed: bool = False
     in_doubt: bool = False  # a send of it may have reached a server that then failed
     attempts: int = 0
+    conflicts: int = 0  # 409 conflict answers (retried, as the API tells clients to)
     sequential: bool = True  # sent alone (no other command in flight)
     server: int = 0  # the server that gave the answer
 
@@ -720,6 +722,12 @@ class Simulation:
                 if self.faulted:
                     self.refused_by_fault += 1
                 answer.in_doubt = answer.in_doubt or r.status_code >= 500
+                if r.status_code == 409:
+                    answer.conflicts += 1
+                    if answer.conflicts == MAX_CONFLICTS:  # retried as told, and never decided
+                        self.violation(f"{cmd.command_id} ({cmd.name}) was answered 409 conflict "
+                                       f"{MAX_CONFLICTS} times in a row")
+                        return answer
                 time.sleep(0.05)
                 continue
             answer.status = r.status_code

@@ -223,3 +223,26 @@ def test_a_seed_on_postgres_with_two_servers_and_dropped_connections() -> None:
     assert result.workers == [2, 2]
     assert result.faults.get("pg_kill", 0) >= 1 and result.faults.get("kill_worker", 0) >= 1
     assert result.counts["acked"] >= 10
+
+
+def test_a_command_that_keeps_conflicting_is_a_violation(tmp_path: Path, keyring: Keyring) -> None:
+    """409 conflict is retried, as the API tells clients to, but not for ever: a command that is
+    never decided is a liveness violation (it found a planted idempotency bug this way)."""
+    import httpx
+
+    answers = []
+
+    def always_conflict(request: httpx.Request) -> httpx.Response:
+        answers.append(request.url.path)
+        return httpx.Response(409, json={"code": "conflict", "detail": "kept conflicting"})
+
+    sim = _simulation(tmp_path, keyring)
+    sim.deadline = S.time.monotonic() + 30
+    server = S.Server(0, "sqlite:///unused", tmp_path, 1, tmp_path / "log", {})
+    server.http = httpx.Client(base_url="http://sim.invalid",
+                               transport=httpx.MockTransport(always_conflict))
+    answer = sim._send(_transfer(1), server)
+    assert answer.status is None and answer.conflicts == S.MAX_CONFLICTS
+    assert len(answers) == S.MAX_CONFLICTS
+    assert sim.violations == [f"t/1 (transfer) was answered 409 conflict {S.MAX_CONFLICTS} "
+                              "times in a row"]

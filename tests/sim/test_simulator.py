@@ -225,9 +225,11 @@ def test_a_seed_on_postgres_with_two_servers_and_dropped_connections() -> None:
     assert result.counts["acked"] >= 10
 
 
-def test_a_command_that_keeps_conflicting_is_a_violation(tmp_path: Path, keyring: Keyring) -> None:
+def test_a_command_that_keeps_conflicting_is_a_violation(world: S.Registry, keyring: Keyring,
+                                                        tmp_path: Path) -> None:
     """409 conflict is retried, as the API tells clients to, but not for ever: a command that is
-    never decided is a liveness violation (it found a planted idempotency bug this way)."""
+    never decided is a liveness violation (it found a planted idempotency bug this way).
+    (`world` made the participants' keys.)"""
     import httpx
 
     answers = []

@@ -27,6 +27,7 @@ class FuzzResult:
     ran: bool = False
     new: list[str] = field(default_factory=list)  # "file: escape"
     known_again: list[str] = field(default_factory=list)
+    slow: list[str] = field(default_factory=list)  # inputs libFuzzer found slow (over 10 s)
     stats: dict[str, str] = field(default_factory=dict)
     stderr: str = ""
 
@@ -53,6 +54,10 @@ def fuzz(target: str, seconds: int, work: Path, *, keep: bool = True,
                         if line.startswith("stat::") and line.count(":") >= 3)
     holes = {T.escape(target, (T.CORPUS / target / name).read_bytes()) for name in known}
     for crash in sorted(artifacts.iterdir()):
+        if crash.name.startswith("slow-unit-"):  # slow under load, not a failure: noted only
+            result.slow.append(crash.name)
+            crash.unlink()
+            continue
         what = T.escape(target, crash.read_bytes())
         label = f"{crash.name}: {what or 'no escape when replayed (a timeout or an oom?)'}"
         if what is not None and what in holes:
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(result.known_again)} known holes found again", flush=True)
         for label in result.new:
             print(f"  NEW {label}  (kept in tests/fuzz/corpus/{name}/)", flush=True)
+        for label in result.slow:
+            print(f"  slow {label} (over libFuzzer's 10 s: time it alone before suspecting it)",
+                  flush=True)
         for label in result.known_again[:3]:
             print(f"  known {label}", flush=True)
         if not result.ran:

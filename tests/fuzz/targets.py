@@ -110,7 +110,7 @@ def proof_bundle(data: bytes) -> None:
     try:
         bundle = json.loads(data)
     except (ValueError, RecursionError):
-        return  # not JSON: the CLI refuses it before the verifier (see test_fuzz.py)
+        return  # not JSON: refused before the verifier (see test_fuzz.py for the CLI)
     try:
         facts = verify_bundle(bundle, operator_public())
     except ProofError:

@@ -107,3 +107,20 @@ def test_a_damaged_export_found_by_fuzzing_is_refused_by_the_cli(tmp_path: Path)
     assert "Traceback" not in done.stderr
     error = json.loads(done.stdout)["error"]
     assert error["code"] == "invalid_argument" and "damaged" in error["message"], error
+
+
+@pytest.mark.xfail(strict=True, reason="new: api/cli.py cmd_verify_proof catches json's "
+                   "JSONDecodeError but not its RecursionError (left to the CLI's owners)")
+def test_verify_proof_refuses_deeply_nested_json(tmp_path: Path) -> None:
+    """What the proof_bundle target skips (not JSON) the CLI must refuse with a sentence, not a
+    traceback: a file of 100,000 nested arrays."""
+    import subprocess
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000, encoding="ascii")
+    cli = Path(sys.executable).parent / "carbon-ledger"
+    done = subprocess.run([str(cli), "verify-proof", str(deep), "--operator-key",
+                           T.operator_public()], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-600:]
+    assert "proof rejected" in done.stderr

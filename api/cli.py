@@ -577,9 +577,13 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 def cmd_verify_proof(args: argparse.Namespace) -> int:
     try:
-        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        except RecursionError:  # thousands of levels deep: no bundle is
+            raise ProofError(f"{args.file} nests its JSON thousands of levels deep: it is not a "
+                             "proof bundle or certificate") from None
         result = verify_bundle(data, args.operator_key)
-    except (OSError, json.JSONDecodeError, ProofError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ProofError) as e:
         if args.json:
             _print_json({"ok": False, "error": str(e)})
         err.print(f"[red]proof rejected[/]: {e}")

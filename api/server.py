@@ -672,10 +672,17 @@ def create_app(registry: Registry | None = None) -> FastAPI:
 
     ok = {200: {"description": "the resource", "content": {"application/json": {"schema": _OUTCOME_SCHEMA}}}}
     read_responses = {**responses(400, 401, 403, 404), **ok}
+    # the reads that answer a list (documented as one, so that generated clients expect it)
+    list_responses = {**responses(400, 401, 403, 404), 200: {
+        "description": "the resources",
+        "content": {"application/json": {"schema": {"type": "array", "items": _OUTCOME_SCHEMA}}}}}
 
     def as_of_position(as_of: str | None = Query(
             None, description="answer as of a log position, or an ISO 8601 date or date-time "
-            "(2023-12-31 is the end of that day; without an offset, UTC+08:00)")) -> int | None:
+            "(2023-12-31 is the end of that day; without an offset, UTC+08:00)",
+            max_length=as_of_values.MAX_AS_OF_LEN,
+            pattern=r"^([0-9]{1,20}|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ].+)?)$",
+            examples=["40", "2021-12-31", "2022-03-01T12:00:00+08:00"])) -> int | None:
         """The as_of of every read that looks back, resolved by ledger.as_of."""
         return as_of_values.position(reg().recorder, as_of)
 
@@ -725,7 +732,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     app.fast_ticket = fast_ticket
 
     @app.get("/v1/tickets/{ticket_no}/history", summary="Every event of a ticket (public)",
-             responses=read_responses)
+             responses=list_responses)
     def get_ticket_history(ticket_no: str) -> list[dict[str, Any]]:
         return reg().view(lambda p: p.history(ticket=ticket_no))
 
@@ -782,7 +789,7 @@ def create_app(registry: Registry | None = None) -> FastAPI:
         return view
 
     @app.get("/v1/pledges", summary="The pledge register (a bank: its own; regulators: all)",
-             responses=read_responses)
+             responses=list_responses)
     def list_pledges(request: Request, bank: str | None = Query(None),
                      as_of: int | None = Depends(as_of_position)) -> list[dict[str, Any]]:
         caller = caller_of(request)

@@ -501,7 +501,7 @@ def parse(data: Any) -> Command:
     if unknown:
         raise invalid(f"the command has unknown fields: {', '.join(sorted(unknown))}")
     name = data.get("command")
-    if name not in Command.SPECS:
+    if type(name) is not str or name not in Command.SPECS:  # (a dict or list is unhashable)
         raise invalid(f"unknown command {name!r}; known: {', '.join(COMMAND_NAMES)}", field="command")
     actor = V.slug(data.get("actor"), "actor")
     command_id = V.ref(data.get("command_id"), "command_id")

@@ -234,6 +234,7 @@ def signature_base(values: dict[str, str], params: str) -> str:
 _PARAMS = re.compile(r'^\((?P<components>(?:"[a-z@-]+"(?: "[a-z@-]+")*)?)\)(?P<rest>(?:;[a-z]+=(?:[0-9]+|"[^"\\]*"))*)$')
 _LINE = re.compile(r'"([a-z@-]+)": (.*)')
 _PARAM = re.compile(r';([a-z]+)=([0-9]+|"[^"\\]*")')
+_MAX_PARAM_DIGITS = 18  # a created time in Unix seconds has 10
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,9 @@ def _parse_base(base: str) -> ParsedBase:
         raise DomainError("bad_signature", "the covered components do not match the base's lines")
     params: dict[str, Any] = {}
     for k, v in _PARAM.findall(m.group("rest")):
+        if v[0] != '"' and len(v) > _MAX_PARAM_DIGITS:  # int() itself stops at 4,300 digits
+            raise DomainError("bad_signature", f"the signature parameter {k} has {len(v)} digits; "
+                              f"at most {_MAX_PARAM_DIGITS} are accepted")
         params[k] = int(v) if v[0] != '"' else v[1:-1]
     return ParsedBase(components, params, covered)
 

@@ -680,9 +680,11 @@ def create_app(registry: Registry | None = None) -> FastAPI:
     def as_of_position(as_of: str | None = Query(
             None, description="answer as of a log position, or an ISO 8601 date or date-time "
             "(2023-12-31 is the end of that day; without an offset, UTC+08:00)",
-            max_length=as_of_values.MAX_AS_OF_LEN,
-            pattern=r"^([0-9]{1,20}|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ].+)?)$",
-            examples=["40", "2021-12-31", "2022-03-01T12:00:00+08:00"])) -> int | None:
+            examples=["40", "2021-12-31", "2022-03-01T12:00:00+08:00"],
+            # the forms, for clients and generated tests; ledger.as_of refuses any other value
+            # with a sentence that names the head (a pattern here would refuse it without one)
+            json_schema_extra={"pattern": r"^([0-9]{1,20}|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ].+)?)$",
+                               "maxLength": as_of_values.MAX_AS_OF_LEN})) -> int | None:
         """The as_of of every read that looks back, resolved by ledger.as_of."""
         return as_of_values.position(reg().recorder, as_of)
 

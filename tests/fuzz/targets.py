@@ -2,7 +2,7 @@
 
   canonical          ledger.signing.parse_canonical, then domain.commands.parse (every write's
                      body, as the server reads it): a command, or DomainError invalid_argument /
-                     non_canonical; what parse_canonical accepts is canonical
+                     non_canonical / nesting_too_deep; what parse_canonical accepts is canonical
   signature_headers  api.http_signatures.parse_headers, base_for and ledger.signing.parse_base
                      (the Signature-Input and Signature headers of every signed request): the
                      signatures, or DomainError bad_signature
@@ -70,7 +70,7 @@ def canonical(data: bytes) -> None:
     try:
         value = parse_canonical(data)
     except DomainError as e:
-        _refused_with(e, ("invalid_argument", "non_canonical"))
+        _refused_with(e, ("invalid_argument", "non_canonical", "nesting_too_deep"))
         return
     if canonical_json(value) != data:  # one encoding per value: what is accepted is canonical
         raise Finding(f"accepted a body that is not in canonical form: {data[:80]!r}")

@@ -95,7 +95,8 @@ def test_a_short_fuzzing_run_finds_nothing_new(target: str, tmp_path: Path) -> N
 
 def test_a_damaged_export_found_by_fuzzing_is_refused_by_the_cli(tmp_path: Path) -> None:
     """ops/fuzz export_file found an export whose item kind is a list: verify-export died with
-    a TypeError traceback; it is a damaged file, refused as such (exit 1, invalid_argument)."""
+    a TypeError traceback; it is a damaged file, and gets a verdict (exit 1, the failure's
+    position and sentence)."""
     import subprocess
 
     crash = T.CORPUS / "export_file" / "crash-34e98bfadfbe627e9541cd8db7b28bdcd2261783"
@@ -105,8 +106,9 @@ def test_a_damaged_export_found_by_fuzzing_is_refused_by_the_cli(tmp_path: Path)
                           timeout=120, cwd=tmp_path, check=False)
     assert done.returncode == 1, done.stderr[-800:]
     assert "Traceback" not in done.stderr
-    error = json.loads(done.stdout)["error"]
-    assert error["code"] == "invalid_argument" and "damaged" in error["message"], error
+    report = json.loads(done.stdout)
+    assert report["ok"] is False, report
+    assert isinstance(report["failure"]["position"], int) and report["failure"]["what"], report
 
 
 def test_verify_proof_refuses_deeply_nested_json(tmp_path: Path) -> None:

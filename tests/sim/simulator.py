@@ -454,7 +454,7 @@ class Simulation:
         """Record a broken promise; one of KNOWN_HOLES (`hole`) apart, when tolerated."""
         if hole is not None and hole in self.tolerate:
             self.known.append(f"[{hole}] {what}")
-            self.say(f"known hole ({KNOWN_HOLES[hole]}): {what}")
+            self.say(f"known hole ({KNOWN_HOLES.get(hole, hole)}): {what}")
             return
         if len(self.violations) < 50:
             self.violations.append(what)

@@ -182,7 +182,8 @@ def _report(result: S.Result) -> str:
 
 def test_a_known_hole_is_reported_apart_only_when_tolerated(tmp_path: Path) -> None:
     strict = S.Simulation(1, "sqlite", tmp_path / "a")
-    tolerant = S.Simulation(1, "sqlite", tmp_path / "b", tolerate=TOLERATE)
+    # (no hole is known today: the mechanism is tested with the one issue 18 closed)
+    tolerant = S.Simulation(1, "sqlite", tmp_path / "b", tolerate=frozenset({"stale_refusal"}))
     for sim in (strict, tolerant):
         sim.violation("x was refused; the oracle accepts it", "stale_refusal")
         sim.violation("acknowledged y is recorded 0 times")
